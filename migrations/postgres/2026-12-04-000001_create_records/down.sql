@@ -1,0 +1,4 @@
+DROP TABLE idempotency_keys;
+DROP TABLE changes;
+DROP TABLE revisions;
+DROP TABLE records;

@@ -1,0 +1,96 @@
+//! The `versa` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Overrides, Settings};
+use crate::startup::{Application, open_database};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "versa", version, about = "Versioned JSON records over HTTP, with conflict reports for concurrent edits.")]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, env = "VERSA_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (applies pending migrations first).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+struct DatabaseArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "VERSA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL: sqlite://FILE, a bare file path, or postgres://...
+    /// [default: sqlite://versa.db]
+    #[arg(long, env = "VERSA_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Address and port to listen on. [default: 127.0.0.1:8080]
+    #[arg(long, env = "VERSA_BIND")]
+    bind: Option<String>,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Migrate(args) => migrate(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn serve(args: ServeArgs) -> CliResult {
+    let overrides = Overrides { bind: args.bind, database_url: args.database.database_url };
+    let settings = Settings::load(args.database.config.as_deref(), overrides)?;
+
+    actix_web::rt::System::new().block_on(async move {
+        let application = Application::build(settings).await?;
+        application.run_until_stopped().await?;
+        Ok(())
+    })
+}
+
+fn migrate(args: DatabaseArgs) -> CliResult {
+    let overrides = Overrides { bind: None, database_url: args.database_url };
+    let settings = Settings::load(args.config.as_deref(), overrides)?;
+
+    actix_web::rt::System::new().block_on(async move {
+        open_database(&settings).await?;
+        tracing::info!(database = %settings.database.url, "database schema is up to date");
+        Ok(())
+    })
+}

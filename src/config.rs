@@ -1,0 +1,243 @@
+//! Typed, layered configuration: built-in defaults, then the TOML file,
+//! then `VERSA_*` environment variables and command-line flags (clap merges
+//! those two, flags first).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::storage::DatabaseUrl;
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://versa.db";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub bind: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in a request body.
+    pub max_json_depth: usize,
+    /// Status of a stale-version answer: 409 (default) or 412.
+    pub conflict_status: u16,
+    pub cors_origins: Vec<String>,
+    /// HTTP worker threads; defaults to the number of CPU cores.
+    pub workers: Option<usize>,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: DatabaseUrl,
+    pub pool_size: u32,
+    /// How long a request waits for a free connection before 503.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings {
+                bind: DEFAULT_BIND.to_owned(),
+                max_body_bytes: 1024 * 1024,
+                max_json_depth: 64,
+                conflict_status: 409,
+                cors_origins: Vec::new(),
+                workers: None,
+                shutdown_timeout: Duration::from_secs(30),
+            },
+            database: DatabaseSettings {
+                url: DatabaseUrl::parse(DEFAULT_DATABASE_URL).unwrap_or_else(|_| unreachable!("the default URL parses")),
+                pool_size: 8,
+                connect_timeout: Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+/// A configuration problem, naming the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The file's shape. Sections other than `[server]` and `[database]`
+/// (`[auth]`, `[collections.*]`) are accepted and not read yet; inside the
+/// two sections read here an unknown key is an error, to catch typos.
+#[derive(Debug, Default, Deserialize)]
+struct FileConfig {
+    #[serde(default)]
+    server: ServerFile,
+    #[serde(default)]
+    database: DatabaseFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    bind: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_json_depth: Option<usize>,
+    conflict_status: Option<u16>,
+    cors_origins: Option<Vec<String>>,
+    workers: Option<usize>,
+    shutdown_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseFile {
+    url: Option<String>,
+    pool_size: Option<u32>,
+    connect_timeout_seconds: Option<u64>,
+}
+
+/// Values from the environment and flags, which override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub bind: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl Settings {
+    /// Loads the file at `path` (if any) over the defaults, then applies
+    /// `overrides`.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable file, invalid TOML, an unknown key in `[server]` or
+    /// `[database]`, or a value out of range.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let file = match path {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                toml::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_owned(), message: error.to_string() })?
+            }
+        };
+
+        let mut settings = Self::default();
+        let server = &mut settings.server;
+        if let Some(bind) = file.server.bind {
+            server.bind = bind;
+        }
+        if let Some(bytes) = file.server.max_body_bytes {
+            server.max_body_bytes = positive(bytes, "server.max_body_bytes")?;
+        }
+        if let Some(depth) = file.server.max_json_depth {
+            server.max_json_depth = positive(depth, "server.max_json_depth")?;
+        }
+        if let Some(status) = file.server.conflict_status {
+            if status != 409 && status != 412 {
+                return Err(ConfigError::Invalid { key: "server.conflict_status", message: format!("must be 409 or 412, got {status}") });
+            }
+            server.conflict_status = status;
+        }
+        if let Some(origins) = file.server.cors_origins {
+            server.cors_origins = origins;
+        }
+        if let Some(workers) = file.server.workers {
+            server.workers = Some(positive(workers, "server.workers")?);
+        }
+        if let Some(seconds) = file.server.shutdown_timeout_seconds {
+            server.shutdown_timeout = Duration::from_secs(seconds);
+        }
+
+        let database = &mut settings.database;
+        if let Some(url) = file.database.url {
+            database.url = parse_url(&url)?;
+        }
+        if let Some(size) = file.database.pool_size {
+            database.pool_size = positive(size as usize, "database.pool_size")? as u32;
+        }
+        if let Some(seconds) = file.database.connect_timeout_seconds {
+            database.connect_timeout = Duration::from_secs(positive(seconds as usize, "database.connect_timeout_seconds")? as u64);
+        }
+
+        if let Some(bind) = overrides.bind {
+            settings.server.bind = bind;
+        }
+        if let Some(url) = overrides.database_url {
+            settings.database.url = parse_url(&url)?;
+        }
+        Ok(settings)
+    }
+}
+
+fn positive(value: usize, key: &'static str) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid { key, message: "must be greater than 0".to_owned() });
+    }
+    Ok(value)
+}
+
+fn parse_url(url: &str) -> Result<DatabaseUrl, ConfigError> {
+    DatabaseUrl::parse(url).map_err(|message| ConfigError::Invalid { key: "database.url", message })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::storage::Backend;
+
+    fn write_config(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let settings = Settings::load(None, Overrides::default()).unwrap();
+        assert_eq!(settings.server.bind, "127.0.0.1:8080");
+        assert_eq!(settings.database.url.to_string(), "sqlite://versa.db");
+        assert_eq!(settings.server.conflict_status, 409);
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let file = write_config(
+            "[server]\nbind = \"127.0.0.1:9000\"\nconflict_status = 412\n[database]\nurl = \"postgres://h/db\"\npool_size = 3\n\
+             [auth.jwt]\naudience = \"versa\"\n[collections.notes]\nmerge = \"fields\"\n",
+        );
+        let settings = Settings::load(Some(file.path()), Overrides::default()).unwrap();
+        assert_eq!(settings.server.bind, "127.0.0.1:9000");
+        assert_eq!(settings.server.conflict_status, 412);
+        assert_eq!(settings.database.url.backend(), Backend::Postgres);
+        assert_eq!(settings.database.pool_size, 3);
+
+        let overrides = Overrides { bind: Some("127.0.0.1:0".into()), database_url: Some("x.db".into()) };
+        let settings = Settings::load(Some(file.path()), overrides).unwrap();
+        assert_eq!(settings.server.bind, "127.0.0.1:0");
+        assert_eq!(settings.database.url.backend(), Backend::Sqlite);
+    }
+
+    #[test]
+    fn unknown_key_in_known_section_is_named() {
+        let file = write_config("[server]\nbnd = \"x\"\n");
+        let error = Settings::load(Some(file.path()), Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("bnd"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let file = write_config("[server]\nconflict_status = 400\n");
+        let error = Settings::load(Some(file.path()), Overrides::default()).unwrap_err().to_string();
+        assert_eq!(error, "invalid value for server.conflict_status: must be 409 or 412, got 400");
+    }
+}

@@ -1,0 +1,279 @@
+//! The HTTP layer's error type and the one place that maps every error to a
+//! status code and an RFC 9457 problem body.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{Map, Value, json};
+
+use crate::domain::EntityTag;
+use crate::domain::record::format_timestamp;
+use crate::service::{ConflictReport, ServiceError};
+use crate::storage::StorageError;
+
+/// Prefix of every problem `type`. The URIs identify kinds of error; they
+/// are stable across releases and need not resolve.
+pub const PROBLEM_BASE: &str = "https://versa.dev/problems/";
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// Why a request failed, as the client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// A malformed request: bad header, query, path or body.
+    #[error("{detail}")]
+    BadRequest { kind: &'static str, detail: String },
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{detail}")]
+    UnsupportedMediaType { detail: String },
+    #[error("no route for this path")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: String },
+    #[error("database not ready: {detail}")]
+    NotReady { detail: String },
+}
+
+impl ApiError {
+    pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::BadRequest { kind, detail: detail.into() }
+    }
+}
+
+/// A problem body under construction.
+struct Problem {
+    status: StatusCode,
+    kind: &'static str,
+    title: &'static str,
+    detail: String,
+    extensions: Map<String, Value>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, kind, title, detail: detail.into(), extensions: Map::new() }
+    }
+
+    fn with(mut self, name: &str, value: Value) -> Self {
+        self.extensions.insert(name.to_owned(), value);
+        self
+    }
+
+    fn into_body(self) -> Value {
+        let mut body = Map::new();
+        body.insert("type".into(), Value::String(format!("{PROBLEM_BASE}{}", self.kind)));
+        body.insert("title".into(), Value::String(self.title.to_owned()));
+        body.insert("status".into(), Value::from(self.status.as_u16()));
+        body.insert("detail".into(), Value::String(self.detail));
+        body.extend(self.extensions);
+        Value::Object(body)
+    }
+}
+
+impl ApiError {
+    fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            Self::BadRequest { kind, detail } => Problem::new(S::BAD_REQUEST, kind, "Invalid request", detail.clone()),
+            Self::PayloadTooLarge { limit } => Problem::new(
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+                format!("The request body is larger than the limit of {limit} bytes; send a smaller body."),
+            )
+            .with("max_body_bytes", Value::from(*limit)),
+            Self::UnsupportedMediaType { detail } => {
+                Problem::new(S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", detail.clone())
+            }
+            Self::RouteNotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found", "No endpoint exists at this path."),
+            Self::MethodNotAllowed { allow } => Problem::new(
+                S::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("This endpoint accepts {allow}."),
+            ),
+            Self::NotReady { detail } => Problem::new(S::SERVICE_UNAVAILABLE, "not-ready", "Not ready", detail.clone()),
+            Self::Service(error) => service_problem(error),
+        }
+    }
+}
+
+fn service_problem(error: &ServiceError) -> Problem {
+    use StatusCode as S;
+    match error {
+        ServiceError::NotFound => Problem::new(S::NOT_FOUND, "record-not-found", "Record not found", "No record with this id exists in this collection."),
+        ServiceError::Deleted { version, deleted_at, deleted_by } => Problem::new(
+            S::NOT_FOUND,
+            "record-deleted",
+            "Record deleted",
+            format!("The record was deleted by {deleted_by} at version {version}; its history is still readable."),
+        )
+        .with("deleted", Value::Bool(true))
+        .with("version", Value::from(*version))
+        .with("deleted_at", Value::String(format_timestamp(*deleted_at)))
+        .with("deleted_by", Value::String(deleted_by.clone())),
+        ServiceError::AlreadyExists { current } => Problem::new(
+            S::CONFLICT,
+            "record-exists",
+            "Record already exists",
+            "A record with this id already exists in this collection (a deleted record keeps its id); choose another id or update the existing record.",
+        )
+        .with("current", (**current).clone()),
+        ServiceError::PreconditionRequired => Problem::new(
+            S::PRECONDITION_REQUIRED,
+            "precondition-required",
+            "Expected version required",
+            "A write to an existing record must state the version it is based on: send If-Match: \"<version>\" or a \"version\" member in the body (for DELETE, If-Match or ?version=).",
+        ),
+        ServiceError::UnconditionalWriteNotAllowed => Problem::new(
+            S::PRECONDITION_REQUIRED,
+            "unconditional-write-not-allowed",
+            "Unconditional write not allowed",
+            "If-Match: * would overwrite changes you have not seen, and this collection does not allow unconditional writes; send the version you read instead.",
+        ),
+        ServiceError::Conflict(report) => conflict_problem(report),
+        ServiceError::Body(error) => Problem::new(S::BAD_REQUEST, "invalid-body", "Invalid request body", sentence(&error.to_string())),
+        ServiceError::Precondition(error) => {
+            Problem::new(S::BAD_REQUEST, "invalid-precondition", "Invalid precondition", sentence(&error.to_string()))
+        }
+        ServiceError::Patch(error) => {
+            let path = match error {
+                crate::domain::patch::PatchError::ReservedMember { path, .. } | crate::domain::patch::PatchError::Failed { path, .. } => {
+                    path.clone()
+                }
+                crate::domain::patch::PatchError::NotAnObject => String::new(),
+            };
+            let status = match error {
+                crate::domain::patch::PatchError::ReservedMember { .. } => S::BAD_REQUEST,
+                _ => S::UNPROCESSABLE_ENTITY,
+            };
+            Problem::new(status, "patch-failed", "Patch cannot be applied", sentence(&error.to_string()))
+                .with("errors", json!([{"path": path, "message": error.to_string()}]))
+        }
+        ServiceError::RevisionNotFound { version } => Problem::new(
+            S::NOT_FOUND,
+            "revision-not-found",
+            "Revision not found",
+            format!("The record has no revision {version}."),
+        ),
+        ServiceError::IdempotencyKeyReused => Problem::new(
+            S::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "This Idempotency-Key was used with a different request body or collection; use a new key for a new request.",
+        ),
+        ServiceError::IdempotencyKeyInFlight => Problem::new(
+            S::CONFLICT,
+            "idempotency-key-in-use",
+            "Idempotency key in use",
+            "A request with this Idempotency-Key is still running; retry after it finishes to get its response.",
+        ),
+        ServiceError::InvalidCursor(reason) => Problem::new(S::BAD_REQUEST, "invalid-cursor", "Invalid cursor", sentence(reason)),
+        ServiceError::InvalidQuery(reason) => Problem::new(S::BAD_REQUEST, "invalid-query", "Invalid query parameter", sentence(reason)),
+        ServiceError::Storage(StorageError::Unavailable(_)) => Problem::new(
+            S::SERVICE_UNAVAILABLE,
+            "database-unavailable",
+            "Database unavailable",
+            "The database cannot be reached right now; retry later.",
+        ),
+        ServiceError::Storage(_) => Problem::new(
+            S::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+            "The server failed to handle this request; the X-Request-Id response header identifies it in the server log.",
+        ),
+    }
+}
+
+fn conflict_problem(report: &ConflictReport) -> Problem {
+    let detail = if report.deleted {
+        format!("The record was deleted at version {}; nothing was written.", report.current_version)
+    } else {
+        match report.expected_version {
+            Some(expected) if !report.base_available => format!(
+                "The write expected version {expected}, but the record is at version {} and version {expected} does not exist, so no field comparison was possible; nothing was written. Read the record again and retry.",
+                report.current_version
+            ),
+            Some(expected) => format!(
+                "The write expected version {expected}, but the record is at version {}; nothing was written. Merge the changes listed in conflicts and retry with version {}.",
+                report.current_version, report.current_version
+            ),
+            None => format!(
+                "The write's If-Match named no current version (weak tags never match); the record is at version {}. Nothing was written.",
+                report.current_version
+            ),
+        }
+    };
+
+    Problem::new(StatusCode::CONFLICT, "version-conflict", "Version conflict", detail)
+        .with("current", report.current.clone())
+        .with("expected_version", report.expected_version.map(Value::from).unwrap_or(Value::Null))
+        .with("current_version", Value::from(report.current_version))
+        .with("revisions_since", serde_json::to_value(&report.revisions_since).unwrap_or(Value::Array(Vec::new())))
+        .with("conflicts", serde_json::to_value(&report.conflicts).unwrap_or(Value::Array(Vec::new())))
+        .with("base_available", Value::Bool(report.base_available))
+}
+
+/// Turns an internal lowercase message into a sentence for a client.
+fn sentence(message: &str) -> String {
+    let mut chars = message.chars();
+    let mut text = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect::<String>(),
+        None => String::new(),
+    };
+    if !text.ends_with('.') {
+        text.push('.');
+    }
+    text
+}
+
+/// Marks a stale-version answer, so that the middleware that applies
+/// `server.conflict_status = 412` can find it.
+#[derive(Debug, Clone, Copy)]
+pub struct StaleVersionMarker;
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.problem().status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let problem = self.problem();
+        if problem.status.is_server_error() {
+            // Logged once here, with the span's request id.
+            tracing::error!(error = %self, source = ?std::error::Error::source(self), "request failed");
+        }
+
+        let mut response = HttpResponse::build(problem.status);
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE)));
+        match self {
+            Self::Service(ServiceError::Conflict(report)) => {
+                response.insert_header((header::ETAG, EntityTag::for_version(report.current_version).to_string()));
+                response.extensions_mut().insert(StaleVersionMarker);
+            }
+            Self::Service(ServiceError::AlreadyExists { current }) => {
+                if let Some(version) = current.get("version").and_then(Value::as_i64) {
+                    response.insert_header((header::ETAG, EntityTag::for_version(version).to_string()));
+                }
+            }
+            Self::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, allow.clone()));
+            }
+            Self::Service(ServiceError::Storage(StorageError::Unavailable(_))) | Self::NotReady { .. } => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        response.body(problem.into_body().to_string())
+    }
+}
+
+/// Rewrites a stale-version problem body to another status (412).
+pub fn restatus_problem(body: &[u8], status: StatusCode) -> Option<Vec<u8>> {
+    let mut value: Value = serde_json::from_slice(body).ok()?;
+    value.as_object_mut()?.insert("status".into(), Value::from(status.as_u16()));
+    serde_json::to_vec(&value).ok()
+}

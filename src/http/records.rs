@@ -1,0 +1,142 @@
+//! `/v1/{collection}` and `/v1/{collection}/{id}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use json_patch::Patch;
+
+use super::error::ApiError;
+use super::extract::{BodyType, CollectionPath, IdempotencyKeyHeader, JsonBody, Preconditions, QueryPairs, RecordPath};
+use super::response::{json_response, not_modified, record_response, list_etag};
+use super::AppState;
+use crate::domain::record::split_body;
+use crate::domain::{EntityTag, ExpectedVersion, IfNoneMatch};
+use crate::service::list::{self, ListParams};
+use crate::service::records::{self, Change, Created, IdempotencyKey, WriteContext};
+use crate::service::ServiceError;
+use crate::domain::precondition::PreconditionError;
+
+/// `POST /v1/{collection}`
+pub async fn create(
+    state: web::Data<AppState>,
+    CollectionPath(collection): CollectionPath,
+    idempotency_key: IdempotencyKeyHeader,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    body.require(&[BodyType::Json])?;
+    let key = idempotency_key.0.map(|key| IdempotencyKey::new(key, &collection, &body.value));
+
+    let created = records::create(&state.db, &collection, body.value, state.principal(), key).await?;
+
+    Ok(match created {
+        Created::New(record) => super::response::created(&collection, &record.to_wire(), false),
+        Created::Replayed(body) => super::response::created(&collection, &body, true),
+    })
+}
+
+/// `GET /v1/{collection}/{id}`
+pub async fn get(state: web::Data<AppState>, path: RecordPath, preconditions: Preconditions) -> Result<HttpResponse, ApiError> {
+    let record = records::get(&state.db, &path.collection, path.id).await?;
+
+    let etag = EntityTag::for_version(record.meta.version);
+    if preconditions.if_none_match.is_some_and(|header| header.matches(&etag)) {
+        return Ok(not_modified(&etag));
+    }
+    Ok(record_response(StatusCode::OK, &record))
+}
+
+/// `PUT /v1/{collection}/{id}`: replaces the record, or with
+/// `If-None-Match: *` creates it at this id.
+pub async fn replace(state: web::Data<AppState>, path: RecordPath, preconditions: Preconditions, body: JsonBody) -> Result<HttpResponse, ApiError> {
+    body.require(&[BodyType::Json])?;
+    let split = split_body(body.value, Some(&path.id)).map_err(ServiceError::from)?;
+
+    match preconditions.if_none_match {
+        Some(IfNoneMatch::Any) => {
+            if preconditions.if_match.is_some() || split.version.is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid-precondition",
+                    "If-None-Match: * creates a new record, so the request must not also state an expected version.",
+                ));
+            }
+            let record = records::insert_new(&state.db, &path.collection, path.id, split.fields, state.principal()).await?;
+            return Ok(super::response::created(&path.collection, &record.to_wire(), false));
+        }
+        Some(IfNoneMatch::Tags(_)) => return Err(ServiceError::Precondition(PreconditionError::UnsupportedIfNoneMatch).into()),
+        None => {}
+    }
+
+    let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), split.version).map_err(ServiceError::from)?;
+    let record = records::write(&state.db, &path.collection, path.id, expected, Change::Replace(split.fields), &state.write_context()).await?;
+    Ok(record_response(StatusCode::OK, &record))
+}
+
+/// `PATCH /v1/{collection}/{id}`: JSON Merge Patch or JSON Patch, chosen by
+/// the Content-Type.
+pub async fn patch(state: web::Data<AppState>, path: RecordPath, preconditions: Preconditions, body: JsonBody) -> Result<HttpResponse, ApiError> {
+    body.require(&[BodyType::MergePatch, BodyType::Json, BodyType::JsonPatch])?;
+
+    let (expected, change) = match body.body_type {
+        BodyType::JsonPatch => {
+            let patch: Patch = serde_json::from_value(body.value).map_err(|error| {
+                ApiError::bad_request("invalid-body", format!("The body is not a JSON Patch document (RFC 6902): {error}."))
+            })?;
+            let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), None).map_err(ServiceError::from)?;
+            (expected, Change::JsonPatch(patch))
+        }
+        BodyType::MergePatch | BodyType::Json => {
+            let split = split_body(body.value, Some(&path.id)).map_err(ServiceError::from)?;
+            let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), split.version).map_err(ServiceError::from)?;
+            (expected, Change::MergePatch(split.fields))
+        }
+    };
+
+    let record = records::write(&state.db, &path.collection, path.id, expected, change, &state.write_context()).await?;
+    Ok(record_response(StatusCode::OK, &record))
+}
+
+/// `DELETE /v1/{collection}/{id}`: the expected version comes from
+/// `If-Match` or `?version=`.
+pub async fn delete(state: web::Data<AppState>, path: RecordPath, preconditions: Preconditions, query: QueryPairs) -> Result<HttpResponse, ApiError> {
+    let mut version = None;
+    for (name, value) in query.0 {
+        match name.as_str() {
+            "version" => {
+                let parsed = value.parse::<i64>().ok().filter(|v| *v >= 1).ok_or_else(|| {
+                    ApiError::bad_request("invalid-query", format!("version must be an integer from 1, got {value:?}."))
+                })?;
+                version = Some(parsed);
+            }
+            other => return Err(ApiError::bad_request("invalid-query", format!("Unknown query parameter {other:?}; DELETE accepts only version."))),
+        }
+    }
+    let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), version).map_err(ServiceError::from)?;
+
+    records::write(&state.db, &path.collection, path.id, expected, Change::Delete, &state.write_context()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET /v1/{collection}`
+pub async fn list(
+    state: web::Data<AppState>,
+    CollectionPath(collection): CollectionPath,
+    preconditions: Preconditions,
+    query: QueryPairs,
+) -> Result<HttpResponse, ApiError> {
+    let params = ListParams::parse(query.0)?;
+
+    let page = list::list(&state.db, &collection, params).await?;
+
+    let body = serde_json::to_vec(&page).map_err(|_| ApiError::bad_request("invalid-query", "The page could not be encoded."))?;
+    let etag = list_etag(&body);
+    if preconditions.if_none_match.is_some_and(|header| header.matches(&etag)) {
+        return Ok(not_modified(&etag));
+    }
+    Ok(json_response(StatusCode::OK, body, Some(&etag)))
+}
+
+impl AppState {
+    pub fn write_context(&self) -> WriteContext {
+        WriteContext { principal: self.principal().to_owned(), allow_unconditional_writes: false }
+    }
+}
+

@@ -1,0 +1,51 @@
+//! `/v1/{collection}/{id}/versions`
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{QueryPairs, RecordPath, VersionPath};
+use super::response::json_response;
+use crate::domain::EntityTag;
+use crate::service::list::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::service::versions;
+
+/// `GET /v1/{collection}/{id}/versions`: history, newest first.
+pub async fn history(state: web::Data<AppState>, path: RecordPath, query: QueryPairs) -> Result<HttpResponse, ApiError> {
+    let mut limit = DEFAULT_LIMIT;
+    let mut cursor = None;
+    for (name, value) in query.0 {
+        match name.as_str() {
+            "limit" => limit = parse_limit(&value)?,
+            "cursor" => cursor = Some(value),
+            other => return Err(unknown_parameter(other, "limit and cursor")),
+        }
+    }
+
+    let page = versions::history(&state.db, &path.collection, path.id, limit, cursor.as_deref()).await?;
+
+    let body = serde_json::to_vec(&page).unwrap_or_default();
+    Ok(json_response(StatusCode::OK, body, None))
+}
+
+/// `GET /v1/{collection}/{id}/versions/{version}`: one revision's snapshot.
+/// Its entity tag is the version's, and it never changes.
+pub async fn revision(state: web::Data<AppState>, path: RecordPath, version: VersionPath) -> Result<HttpResponse, ApiError> {
+    let record = versions::revision(&state.db, &path.collection, path.id, version.0).await?;
+
+    let etag = EntityTag::for_version(record.meta.version);
+    Ok(json_response(StatusCode::OK, record.to_wire().to_string().into_bytes(), Some(&etag)))
+}
+
+pub fn parse_limit(value: &str) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| ApiError::bad_request("invalid-query", format!("limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}.")))
+}
+
+pub fn unknown_parameter(name: &str, accepted: &str) -> ApiError {
+    ApiError::bad_request("invalid-query", format!("Unknown query parameter {name:?}; this endpoint accepts {accepted}."))
+}

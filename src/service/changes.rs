@@ -1,0 +1,71 @@
+//! The change feed as clients page through it.
+
+use serde::Serialize;
+
+use super::{ServiceError, cursor};
+use crate::domain::record::format_timestamp;
+use crate::storage::Database;
+use crate::storage::feed::{self, FeedPosition};
+use crate::storage::models::ChangeRow;
+
+/// One committed change as the feed shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeView {
+    pub cursor: String,
+    pub collection: String,
+    pub id: String,
+    pub version: i64,
+    pub operation: String,
+    pub principal: String,
+    pub changed_at: String,
+}
+
+impl From<&ChangeRow> for ChangeView {
+    fn from(row: &ChangeRow) -> Self {
+        Self {
+            cursor: encode_position(FeedPosition { txid: row.txid, seq: row.seq }),
+            collection: row.collection.clone(),
+            id: row.record_id.clone(),
+            version: row.version,
+            operation: row.operation.clone(),
+            principal: row.principal.clone(),
+            changed_at: format_timestamp(row.changed_at.and_utc()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangesPage {
+    pub changes: Vec<ChangeView>,
+    /// Where to continue; present even when `changes` is empty.
+    pub next_cursor: String,
+}
+
+pub fn encode_position(position: FeedPosition) -> String {
+    cursor::encode(&format!("c:{}:{}", position.txid, position.seq))
+}
+
+/// Decodes a feed cursor.
+///
+/// # Errors
+///
+/// [`ServiceError::InvalidCursor`] for anything [`encode_position`] did not
+/// make.
+pub fn decode_position(text: &str) -> Result<FeedPosition, ServiceError> {
+    let invalid = || ServiceError::InvalidCursor("the cursor was not issued by the change feed".to_owned());
+    let decoded = cursor::decode(text).ok_or_else(invalid)?;
+    let mut parts = decoded.strip_prefix("c:").ok_or_else(invalid)?.splitn(2, ':');
+    let txid = parts.next().and_then(|part| part.parse().ok()).ok_or_else(invalid)?;
+    let seq = parts.next().and_then(|part| part.parse().ok()).ok_or_else(invalid)?;
+    Ok(FeedPosition { txid, seq })
+}
+
+/// Reads up to `limit` changes after `since` (the start of the feed when
+/// absent), restricted to `collections` when not empty.
+pub async fn read(db: &Database, since: Option<FeedPosition>, collections: Vec<String>, limit: i64) -> Result<ChangesPage, ServiceError> {
+    let start = since.unwrap_or_default();
+    let rows = db.read(move |conn| feed::changes_after(conn, start, &collections, limit).map_err(ServiceError::from)).await?;
+
+    let next = rows.last().map(|row| FeedPosition { txid: row.txid, seq: row.seq }).unwrap_or(start);
+    Ok(ChangesPage { changes: rows.iter().map(ChangeView::from).collect(), next_cursor: encode_position(next) })
+}

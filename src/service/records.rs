@@ -1,0 +1,375 @@
+//! Record operations: read, create, replace, patch and delete.
+
+use chrono::Duration;
+use diesel::Connection;
+use json_patch::Patch;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{RecordSnapshot, ServiceError, conflict};
+use crate::domain::diff::changed_paths;
+use crate::domain::patch::{apply_json_patch, apply_merge_patch};
+use crate::domain::record::{Fields, to_wire};
+use crate::domain::{CollectionName, ExpectedVersion, Operation, RecordId};
+use crate::storage::models::{IdempotencyRow, NewChange, RecordRow, RevisionRow, encode_fields, now};
+use crate::storage::records::RecordUpdate;
+use crate::storage::{Database, DbConnection, StorageError, idempotency, records};
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_KEY_LIFETIME_HOURS: i64 = 24;
+
+/// What a write does to an existing record.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// PUT: the new fields.
+    Replace(Fields),
+    /// JSON Merge Patch (RFC 7396).
+    MergePatch(Fields),
+    /// JSON Patch (RFC 6902).
+    JsonPatch(Patch),
+    /// DELETE: leaves a tombstone.
+    Delete,
+}
+
+/// Who writes and what the collection allows.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    pub principal: String,
+    pub allow_unconditional_writes: bool,
+}
+
+/// Reads the current version of a record.
+///
+/// # Errors
+///
+/// [`ServiceError::NotFound`] when it never existed, [`ServiceError::Deleted`]
+/// when its current version is a tombstone.
+pub async fn get(db: &Database, collection: &CollectionName, id: RecordId) -> Result<RecordSnapshot, ServiceError> {
+    let collection = collection.to_string();
+    db.read(move |conn| {
+        let row = records::find(conn, &collection, &id.to_key())?.ok_or(ServiceError::NotFound)?;
+        if row.deleted {
+            return Err(ServiceError::Deleted {
+                version: row.version,
+                deleted_at: row.updated_at.and_utc(),
+                deleted_by: row.updated_by,
+            });
+        }
+        snapshot(&row)
+    })
+    .await
+}
+
+/// An `Idempotency-Key` with the fingerprint of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+impl IdempotencyKey {
+    /// Fingerprints a create by its collection and its body as parsed JSON,
+    /// so that whitespace and member order do not matter.
+    pub fn new(key: String, collection: &CollectionName, body: &Value) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(collection.as_str().as_bytes());
+        hasher.update([0]);
+        hasher.update(body.to_string().as_bytes());
+        Self { key, request_hash: hex::encode(hasher.finalize()) }
+    }
+}
+
+/// The result of a create.
+#[derive(Debug, Clone)]
+pub enum Created {
+    New(RecordSnapshot),
+    /// A repeat of an earlier request with the same idempotency key: the
+    /// stored response body.
+    Replayed(Value),
+}
+
+/// Creates a record with a server-made UUIDv7 id, or the body's `id`.
+///
+/// # Errors
+///
+/// [`ServiceError::AlreadyExists`] when the id is taken (a tombstone counts),
+/// [`ServiceError::IdempotencyKeyReused`] and
+/// [`ServiceError::IdempotencyKeyInFlight`] for key misuse, and body errors.
+pub async fn create(
+    db: &Database,
+    collection: &CollectionName,
+    body: Value,
+    principal: &str,
+    idempotency_key: Option<IdempotencyKey>,
+) -> Result<Created, ServiceError> {
+    let split = crate::domain::record::split_body(body, None)?;
+    let id = split.id.unwrap_or_else(RecordId::generate);
+
+    let Some(key) = idempotency_key else {
+        return insert_new(db, collection, id, split.fields, principal).await.map(Created::New);
+    };
+
+    if let Some(stored) = claim_key(db, collection, principal, &key).await? {
+        return Ok(Created::Replayed(stored));
+    }
+
+    let result = {
+        let collection = collection.to_string();
+        let principal = principal.to_owned();
+        let key = key.key.clone();
+        let fields = split.fields;
+        db.write(move |conn| {
+            let created = insert_in_transaction(conn, &collection, id, fields, &principal)?;
+            let body = created.to_wire().to_string();
+            idempotency::complete(conn, &principal, &key, &id.to_key(), &body)?;
+            Ok(created)
+        })
+        .await
+    };
+
+    match result {
+        Ok(created) => Ok(Created::New(created)),
+        Err(error) => {
+            // A failed create leaves nothing to replay, so the key is freed
+            // and a retry runs the request again.
+            let principal = principal.to_owned();
+            let release = db.write(move |conn| idempotency::release(conn, &principal, &key.key)).await;
+            if let Err(release_error) = release {
+                tracing::warn!(error = %release_error, "failed to release an idempotency key after a failed create");
+            }
+            Err(already_exists_with_current(db, collection, id, error).await)
+        }
+    }
+}
+
+/// Claims the key, or returns the stored response of the request that used
+/// it before.
+async fn claim_key(db: &Database, collection: &CollectionName, principal: &str, key: &IdempotencyKey) -> Result<Option<Value>, ServiceError> {
+    let row = IdempotencyRow {
+        principal: principal.to_owned(),
+        idempotency_key: key.key.clone(),
+        request_hash: key.request_hash.clone(),
+        completed: false,
+        collection: collection.to_string(),
+        record_id: None,
+        response_body: None,
+        created_at: now().naive_utc(),
+    };
+
+    db.write(move |conn| {
+        let cutoff = row.created_at - Duration::hours(IDEMPOTENCY_KEY_LIFETIME_HOURS);
+        idempotency::delete_if_older(conn, &row.principal, &row.idempotency_key, cutoff)?;
+
+        match idempotency::find(conn, &row.principal, &row.idempotency_key)? {
+            None => {
+                // On PostgreSQL a concurrent repeat can insert between the
+                // look-up and this insert; the primary key rejects one of
+                // them. The savepoint keeps the transaction usable so the
+                // loser can read what the winner stored.
+                match conn.transaction(|conn| idempotency::claim(conn, &row)) {
+                    Ok(()) => Ok(None),
+                    Err(StorageError::UniqueViolation) => match idempotency::find(conn, &row.principal, &row.idempotency_key)? {
+                        Some(existing) => stored_response(existing, &row.request_hash),
+                        None => Err(ServiceError::IdempotencyKeyInFlight),
+                    },
+                    Err(other) => Err(other.into()),
+                }
+            }
+            Some(existing) => stored_response(existing, &row.request_hash),
+        }
+    })
+    .await
+}
+
+/// Decides what a request gets for a key that is already claimed.
+fn stored_response(existing: IdempotencyRow, request_hash: &str) -> Result<Option<Value>, ServiceError> {
+    if existing.request_hash != request_hash {
+        return Err(ServiceError::IdempotencyKeyReused);
+    }
+    match (existing.completed, existing.response_body) {
+        (true, Some(body)) => {
+            let body = serde_json::from_str(&body).map_err(|_| StorageError::Corrupt("stored idempotent response".to_owned()))?;
+            Ok(Some(body))
+        }
+        _ => Err(ServiceError::IdempotencyKeyInFlight),
+    }
+}
+
+/// Creates a record at a given id (POST, or PUT with `If-None-Match: *`).
+pub async fn insert_new(db: &Database, collection: &CollectionName, id: RecordId, fields: Fields, principal: &str) -> Result<RecordSnapshot, ServiceError> {
+    let result = {
+        let collection = collection.to_string();
+        let principal = principal.to_owned();
+        db.write(move |conn| insert_in_transaction(conn, &collection, id, fields, &principal)).await
+    };
+    match result {
+        Ok(created) => Ok(created),
+        Err(error) => Err(already_exists_with_current(db, collection, id, error).await),
+    }
+}
+
+/// Turns a unique violation into [`ServiceError::AlreadyExists`] carrying the
+/// record that holds the id, read after the failed transaction ended.
+async fn already_exists_with_current(db: &Database, collection: &CollectionName, id: RecordId, error: ServiceError) -> ServiceError {
+    if !matches!(error, ServiceError::Storage(StorageError::UniqueViolation)) {
+        return error;
+    }
+    let collection = collection.to_string();
+    let current = db
+        .read(move |conn| {
+            let row = records::find(conn, &collection, &id.to_key())?.ok_or(ServiceError::NotFound)?;
+            Ok::<_, ServiceError>(snapshot(&row)?.to_wire())
+        })
+        .await;
+    match current {
+        Ok(current) => ServiceError::AlreadyExists { current: Box::new(current) },
+        Err(other) => other,
+    }
+}
+
+fn insert_in_transaction(conn: &mut DbConnection, collection: &str, id: RecordId, fields: Fields, principal: &str) -> Result<RecordSnapshot, ServiceError> {
+    let key = id.to_key();
+    records::lock_record(conn, collection, &key)?;
+
+    if records::find(conn, collection, &key)?.is_some() {
+        return Err(StorageError::UniqueViolation.into());
+    }
+
+    let at = now().naive_utc();
+    let data = encode_fields(&fields);
+    let row = RecordRow {
+        collection: collection.to_owned(),
+        id: key.clone(),
+        version: 1,
+        data: data.clone(),
+        deleted: false,
+        created_at: at,
+        updated_at: at,
+        created_by: principal.to_owned(),
+        updated_by: principal.to_owned(),
+    };
+    records::insert(conn, &row)?;
+    record_history(conn, &row, Operation::Created, vec![String::new()])?;
+
+    snapshot(&row)
+}
+
+/// Applies `change` to an existing record if `expected` matches its current
+/// version.
+///
+/// # Errors
+///
+/// [`ServiceError::PreconditionRequired`] without an expected version,
+/// [`ServiceError::NotFound`] for a record that never existed, and
+/// [`ServiceError::Conflict`] when the version is stale or the record was
+/// deleted; a refused write changes nothing. A client that gets a conflict
+/// must read the record again, merge, and retry with the new version.
+pub async fn write(
+    db: &Database,
+    collection: &CollectionName,
+    id: RecordId,
+    expected: Option<ExpectedVersion>,
+    change: Change,
+    context: &WriteContext,
+) -> Result<RecordSnapshot, ServiceError> {
+    let expected = expected.ok_or(ServiceError::PreconditionRequired)?;
+    if expected == ExpectedVersion::Any && !context.allow_unconditional_writes {
+        return Err(ServiceError::UnconditionalWriteNotAllowed);
+    }
+
+    let collection = collection.to_string();
+    let principal = context.principal.clone();
+    db.write(move |conn| write_in_transaction(conn, &collection, id, &expected, &change, &principal)).await
+}
+
+fn write_in_transaction(
+    conn: &mut DbConnection,
+    collection: &str,
+    id: RecordId,
+    expected: &ExpectedVersion,
+    change: &Change,
+    principal: &str,
+) -> Result<RecordSnapshot, ServiceError> {
+    let key = id.to_key();
+    records::lock_record(conn, collection, &key)?;
+
+    let current = records::find(conn, collection, &key)?.ok_or(ServiceError::NotFound)?;
+    if current.deleted || !expected.matches(current.version) {
+        return Err(ServiceError::Conflict(Box::new(conflict::build(conn, &current, expected, change)?)));
+    }
+
+    let old_fields = current.fields()?;
+    let (new_fields, operation) = match change {
+        Change::Replace(fields) => (fields.clone(), Operation::Updated),
+        Change::MergePatch(patch) => (apply_merge_patch(&old_fields, patch), Operation::Updated),
+        Change::JsonPatch(patch) => (apply_json_patch(&to_wire(&current.meta()?, &old_fields), patch)?, Operation::Updated),
+        Change::Delete => (Fields::new(), Operation::Deleted),
+    };
+    let changed = match operation {
+        Operation::Deleted => vec![String::new()],
+        _ => changed_paths(&Value::Object(old_fields), &Value::Object(new_fields.clone())),
+    };
+
+    let at = now().naive_utc();
+    let data = encode_fields(&new_fields);
+    let update = RecordUpdate {
+        version: current.version + 1,
+        data: &data,
+        deleted: operation == Operation::Deleted,
+        updated_at: at,
+        updated_by: principal,
+    };
+    if !records::update_if_version(conn, collection, &key, current.version, &update)? {
+        // Another transaction committed between the read and the update
+        // (PostgreSQL only; SQLite has one writer). Report against its result.
+        let latest = records::find(conn, collection, &key)?.ok_or(ServiceError::NotFound)?;
+        return Err(ServiceError::Conflict(Box::new(conflict::build(conn, &latest, expected, change)?)));
+    }
+
+    let (version, deleted) = (update.version, update.deleted);
+    let row = RecordRow {
+        version,
+        data,
+        deleted,
+        updated_at: at,
+        updated_by: principal.to_owned(),
+        ..current
+    };
+    record_history(conn, &row, operation, changed)?;
+    snapshot(&row)
+}
+
+/// Appends the revision and the change of a committed write, in the write's
+/// transaction.
+fn record_history(conn: &mut DbConnection, row: &RecordRow, operation: Operation, changed_fields: Vec<String>) -> Result<(), ServiceError> {
+    let changed_fields = serde_json::to_string(&changed_fields).map_err(|_| StorageError::Corrupt("changed fields".to_owned()))?;
+    records::insert_revision(
+        conn,
+        &RevisionRow {
+            collection: row.collection.clone(),
+            record_id: row.id.clone(),
+            version: row.version,
+            operation: operation.as_str().to_owned(),
+            data: row.data.clone(),
+            changed_fields,
+            principal: row.updated_by.clone(),
+            created_at: row.updated_at,
+        },
+    )?;
+    records::insert_change(
+        conn,
+        &NewChange {
+            collection: row.collection.clone(),
+            record_id: row.id.clone(),
+            version: row.version,
+            operation: operation.as_str().to_owned(),
+            principal: row.updated_by.clone(),
+            changed_at: row.updated_at,
+        },
+    )?;
+    Ok(())
+}
+
+pub(crate) fn snapshot(row: &RecordRow) -> Result<RecordSnapshot, ServiceError> {
+    Ok(RecordSnapshot { meta: row.meta()?, fields: row.fields()? })
+}

@@ -1,0 +1,102 @@
+//! Builds the application: opens the database, applies migrations, binds
+//! the listener and assembles the HTTP server.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use tracing_actix_web::TracingLogger;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::storage::{Database, StorageError, migrations};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the database {url}")]
+    Database {
+        url: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("cannot listen on {bind}")]
+    Bind {
+        bind: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built server, bound but not yet running.
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+}
+
+impl Application {
+    /// Connects, migrates and binds. With `bind` port 0 the system picks a
+    /// free port; [`Application::address`] tells which.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let db = open_database(&settings).await?;
+
+        let bind = settings.server.bind.clone();
+        let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
+
+        let state = web::Data::new(AppState { db: db.clone(), settings: Arc::new(settings.server.clone()) });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(http::configure)
+                .default_service(web::to(http::fallback))
+                .wrap(from_fn(http::apply_conflict_status))
+                .wrap(from_fn(http::add_request_id))
+                .wrap(TracingLogger::default())
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs());
+        if let Some(workers) = settings.server.workers {
+            server = server.workers(workers);
+        }
+        let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
+
+        tracing::info!(%address, database = %db.url(), "listening");
+        Ok(Self { address, server })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then drains in-flight requests for up
+    /// to `server.shutdown_timeout`.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        tracing::info!(address = %self.address, "server stopped");
+        result
+    }
+}
+
+/// Opens the pools and applies pending migrations, off the async threads.
+pub async fn open_database(settings: &Settings) -> Result<Database, StartupError> {
+    let database = settings.database.clone();
+    let url = database.url.to_string();
+    let opened = web::block(move || {
+        let db = Database::connect(&database.url, database.pool_size, database.connect_timeout)?;
+        let applied = db.with_writer_blocking(migrations::run_pending)?;
+        if applied > 0 {
+            tracing::info!(applied, "applied database migrations");
+        }
+        Ok::<_, StorageError>(db)
+    })
+    .await
+    .map_err(StorageError::from)
+    .and_then(|result| result);
+    opened.map_err(|source| StartupError::Database { url, source })
+}
+

@@ -1,0 +1,47 @@
+//! The storage layer's error type.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// A failed storage operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No connection could be had: the database is down or the pool is
+    /// exhausted.
+    #[error("database unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A unique constraint rejected an insert.
+    #[error("unique constraint violated")]
+    UniqueViolation,
+    /// A stored value could not be decoded; the database holds something this
+    /// version of Versa did not write.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    #[error("database query failed")]
+    Query(#[source] DieselError),
+    #[error("migrations failed")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("blocking task failed")]
+    Blocking(#[source] actix_web::error::BlockingError),
+}
+
+impl From<DieselError> for StorageError {
+    fn from(error: DieselError) -> Self {
+        match error {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => Self::UniqueViolation,
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => Self::Unavailable(Box::new(error)),
+            other => Self::Query(other),
+        }
+    }
+}
+
+impl From<diesel::r2d2::PoolError> for StorageError {
+    fn from(error: diesel::r2d2::PoolError) -> Self {
+        Self::Unavailable(Box::new(error))
+    }
+}
+
+impl From<actix_web::error::BlockingError> for StorageError {
+    fn from(error: actix_web::error::BlockingError) -> Self {
+        Self::Blocking(error)
+    }
+}

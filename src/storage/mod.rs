@@ -1,0 +1,18 @@
+//! Storage: the diesel schema, connections and pools for SQLite and
+//! PostgreSQL, embedded migrations, and one function per query.
+//!
+//! Every function here is synchronous and takes a connection; callers run
+//! them on the blocking pool through [`Database::read`] and
+//! [`Database::write`], never on an actix worker thread.
+
+pub mod connection;
+pub mod error;
+pub mod feed;
+pub mod idempotency;
+pub mod migrations;
+pub mod models;
+pub mod records;
+pub mod schema;
+
+pub use connection::{Backend, Database, DatabaseUrl, DbConnection};
+pub use error::StorageError;

@@ -1,0 +1,127 @@
+//! Row types. Timestamps are stored as UTC without a zone; JSON as text.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde_json::Value;
+
+use super::StorageError;
+use super::schema::{changes, idempotency_keys, records, revisions};
+use crate::domain::record::Fields;
+use crate::domain::{RecordId, RecordMeta};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = records)]
+pub struct RecordRow {
+    pub collection: String,
+    pub id: String,
+    pub version: i64,
+    pub data: String,
+    pub deleted: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+impl RecordRow {
+    /// Decodes the server-managed members.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Corrupt`] when the stored id is not a UUID.
+    pub fn meta(&self) -> Result<RecordMeta, StorageError> {
+        Ok(RecordMeta {
+            id: RecordId::parse(&self.id).map_err(|_| StorageError::Corrupt(format!("record id {:?}", self.id)))?,
+            version: self.version,
+            created_at: self.created_at.and_utc(),
+            updated_at: self.updated_at.and_utc(),
+            created_by: self.created_by.clone(),
+            updated_by: self.updated_by.clone(),
+            deleted: self.deleted,
+        })
+    }
+
+    pub fn fields(&self) -> Result<Fields, StorageError> {
+        decode_fields(&self.data)
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = revisions)]
+pub struct RevisionRow {
+    pub collection: String,
+    pub record_id: String,
+    pub version: i64,
+    pub operation: String,
+    pub data: String,
+    pub changed_fields: String,
+    pub principal: String,
+    pub created_at: NaiveDateTime,
+}
+
+impl RevisionRow {
+    pub fn fields(&self) -> Result<Fields, StorageError> {
+        decode_fields(&self.data)
+    }
+
+    pub fn changed_fields(&self) -> Result<Vec<String>, StorageError> {
+        serde_json::from_str(&self.changed_fields)
+            .map_err(|_| StorageError::Corrupt(format!("changed fields of revision {}", self.version)))
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = changes)]
+pub struct ChangeRow {
+    pub seq: i64,
+    pub txid: i64,
+    pub collection: String,
+    pub record_id: String,
+    pub version: i64,
+    pub operation: String,
+    pub principal: String,
+    pub changed_at: NaiveDateTime,
+}
+
+/// A change to append; `seq` and `txid` come from the database.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = changes)]
+pub struct NewChange {
+    pub collection: String,
+    pub record_id: String,
+    pub version: i64,
+    pub operation: String,
+    pub principal: String,
+    pub changed_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = idempotency_keys)]
+pub struct IdempotencyRow {
+    pub principal: String,
+    pub idempotency_key: String,
+    pub request_hash: String,
+    pub completed: bool,
+    pub collection: String,
+    pub record_id: Option<String>,
+    pub response_body: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+/// Returns the current time truncated to microseconds, the precision both
+/// back ends store, so that a value read back equals the value written.
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+pub fn encode_fields(fields: &Fields) -> String {
+    Value::Object(fields.clone()).to_string()
+}
+
+fn decode_fields(text: &str) -> Result<Fields, StorageError> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        _ => Err(StorageError::Corrupt("record data is not a JSON object".to_owned())),
+    }
+}
