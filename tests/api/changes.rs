@@ -1,0 +1,127 @@
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{TestApp, expect_problem};
+
+both_backends!(
+    feed_lists_changes_in_order,
+    feed_pages_with_small_limit,
+    feed_filters_by_collection,
+    feed_cursor_is_present_when_empty,
+    feed_rejects_malformed_cursor,
+    long_poll_returns_on_commit,
+    long_poll_returns_empty_at_deadline,
+);
+
+async fn feed_lists_changes_in_order(app: TestApp) {
+    let created = app.create("notes", json!({"n": 0})).await;
+    let id = created["id"].as_str().unwrap();
+    let path = format!("/v1/notes/{id}");
+    app.send(Method::PATCH, &path, "application/json", &json!({"n": 1}), &[("if-match", "\"1\"")]).await;
+
+    let changes = app.all_changes().await;
+
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["collection"], "notes");
+    assert_eq!(changes[0]["id"], id);
+    assert_eq!(changes[0]["version"], 1);
+    assert_eq!(changes[0]["operation"], "created");
+    assert_eq!(changes[0]["principal"], "anonymous");
+    assert_eq!(changes[0]["changed_at"], created["created_at"]);
+    assert_eq!(changes[1]["version"], 2);
+    assert_eq!(changes[1]["operation"], "updated");
+    assert_ne!(changes[0]["cursor"], changes[1]["cursor"]);
+}
+
+async fn feed_pages_with_small_limit(app: TestApp) {
+    for n in 0..5 {
+        app.create("notes", json!({"n": n})).await;
+    }
+    app.settle_feed().await;
+
+    let mut seen = Vec::new();
+    let mut path = "/v1/_changes?limit=2&collections=notes".to_owned();
+    for _ in 0..10 {
+        let page: Value = app.get(&path).await.json().await.unwrap();
+        let changes = page["changes"].as_array().unwrap();
+        if changes.is_empty() {
+            break;
+        }
+        assert!(changes.len() <= 2);
+        seen.extend(changes.iter().map(|change| change["id"].as_str().unwrap().to_owned()));
+        path = format!("/v1/_changes?limit=2&collections=notes&since={}", page["next_cursor"].as_str().unwrap());
+    }
+
+    assert_eq!(seen.len(), 5);
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(unique, seen);
+}
+
+async fn feed_filters_by_collection(app: TestApp) {
+    app.create("notes", json!({})).await;
+    app.create("tasks", json!({})).await;
+    app.create("people", json!({})).await;
+    app.settle_feed().await;
+
+    let page: Value = app.get("/v1/_changes?collections=tasks,people").await.json().await.unwrap();
+
+    let collections: Vec<_> = page["changes"].as_array().unwrap().iter().map(|change| change["collection"].clone()).collect();
+    assert_eq!(collections, vec![json!("tasks"), json!("people")]);
+}
+
+async fn feed_cursor_is_present_when_empty(app: TestApp) {
+    let page: Value = app.get("/v1/_changes").await.json().await.unwrap();
+    assert_eq!(page["changes"], json!([]));
+    let start = page["next_cursor"].as_str().unwrap().to_owned();
+
+    app.create("notes", json!({})).await;
+    app.settle_feed().await;
+    let page: Value = app.get(&format!("/v1/_changes?collections=notes&since={start}")).await.json().await.unwrap();
+    assert_eq!(page["changes"].as_array().unwrap().len(), 1);
+    let end = page["next_cursor"].as_str().unwrap();
+
+    let page: Value = app.get(&format!("/v1/_changes?collections=notes&since={end}")).await.json().await.unwrap();
+    assert_eq!(page["changes"], json!([]));
+    assert_eq!(page["next_cursor"], end);
+}
+
+async fn feed_rejects_malformed_cursor(app: TestApp) {
+    for path in ["/v1/_changes?since=nope", "/v1/_changes?since=YTox"] {
+        expect_problem(app.get(path).await, StatusCode::BAD_REQUEST, "invalid-cursor").await;
+    }
+    for path in ["/v1/_changes?wait=61", "/v1/_changes?collections=Bad", "/v1/_changes?limit=0", "/v1/_changes?unknown=1"] {
+        expect_problem(app.get(path).await, StatusCode::BAD_REQUEST, "invalid-query").await;
+    }
+}
+
+async fn long_poll_returns_on_commit(app: TestApp) {
+    let start: Value = app.get("/v1/_changes").await.json().await.unwrap();
+    let cursor = start["next_cursor"].as_str().unwrap().to_owned();
+
+    let writer = {
+        let client = app.client.clone();
+        let url = app.url("/v1/notes");
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            client.post(url).json(&json!({"late": true})).send().await.unwrap().status()
+        })
+    };
+    let began = Instant::now();
+    let page: Value = app.get(&format!("/v1/_changes?since={cursor}&wait=20")).await.json().await.unwrap();
+
+    assert_eq!(writer.await.unwrap(), StatusCode::CREATED);
+    assert_eq!(page["changes"].as_array().unwrap().len(), 1);
+    assert!(began.elapsed() < Duration::from_secs(20), "the long-poll waited for its deadline");
+}
+
+async fn long_poll_returns_empty_at_deadline(app: TestApp) {
+    let began = Instant::now();
+    let page: Value = app.get("/v1/_changes?wait=1").await.json().await.unwrap();
+
+    assert_eq!(page["changes"], json!([]));
+    assert!(began.elapsed() >= Duration::from_secs(1));
+}

@@ -1,0 +1,86 @@
+//! The `versa` binary as an operator runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const VERSA: &str = env!("CARGO_BIN_EXE_versa");
+
+#[test]
+fn serve_logs_address_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(VERSA)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("VERSA_DATABASE_URL", "sqlite://test.db")
+        .env_remove("VERSA_CONFIG")
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+
+    let mut address = None;
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.contains("listening") {
+            address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_owned);
+            break;
+        }
+        line.clear();
+    }
+    let address = address.unwrap_or_else(|| panic!("no listening line; last line: {line}"));
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let status = ureq_get(&format!("http://{address}/healthz"));
+    assert_eq!(status, 200);
+    assert!(dir.path().join("test.db").exists());
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let exit = child.wait().unwrap();
+
+    assert!(exit.success(), "{exit:?}");
+    assert!(rest.contains("server stopped"), "{rest}");
+}
+
+#[test]
+fn migrate_creates_default_database() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let output = Command::new(VERSA)
+        .arg("migrate")
+        .env_remove("VERSA_DATABASE_URL")
+        .env_remove("VERSA_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(dir.path().join("versa.db").exists());
+}
+
+#[test]
+fn bad_config_stops_with_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("versa.toml"), "[server]\nconflict_status = 400\n").unwrap();
+
+    let output = Command::new(VERSA)
+        .args(["serve", "--config", "versa.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid value for server.conflict_status: must be 409 or 412, got 400"), "{stderr}");
+}
+
+/// A minimal blocking GET that returns the status code.
+fn ureq_get(url: &str) -> u16 {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        client.get(url).send().await.unwrap().status().as_u16()
+    })
+}

@@ -1,0 +1,190 @@
+//! The test application: the real server on port 0 over real HTTP, with its
+//! own SQLite file or its own PostgreSQL database.
+
+use std::time::Duration;
+
+use diesel::{Connection, RunQueryDsl};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+use tempfile::TempDir;
+use versa::config::{Overrides, Settings};
+use versa::startup::Application;
+
+/// Names the admin URL of the PostgreSQL cluster that `scripts/test` starts.
+pub const POSTGRES_URL_VARIABLE: &str = "VERSA_TEST_POSTGRES_URL";
+
+/// Collection of the records that [`TestApp::settle_feed`] writes.
+pub const SENTINEL_COLLECTION: &str = "feed-sentinel";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    _dir: TempDir,
+}
+
+/// Runs each named scenario as two tests, `NAME::sqlite` and
+/// `NAME::postgres`, each against a fresh server and database.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await).await
+            }
+        }
+    )*};
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts a server whose settings `customize` may change.
+    pub async fn spawn_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let database_url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("versa.db").display()),
+            Backend::Postgres => create_postgres_database().await,
+        };
+
+        let overrides = Overrides { bind: Some("127.0.0.1:0".into()), database_url: Some(database_url) };
+        let mut settings = Settings::load(None, overrides).expect("test settings");
+        settings.server.workers = Some(2);
+        settings.database.pool_size = 4;
+        customize(&mut settings);
+
+        let application = Application::build(settings).await.expect("server starts");
+        let address = format!("http://{}", application.address());
+        tokio::spawn(application.run_until_stopped());
+
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("HTTP client");
+        Self { address, client, backend, _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path).json(body).send().await.expect("request sent")
+    }
+
+    /// Sends a write with a JSON body of the given media type and headers.
+    pub async fn send(&self, method: Method, path: &str, content_type: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
+        let mut request = self.request(method, path).header("content-type", content_type).body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Creates a record and returns its wire form.
+    pub async fn create(&self, collection: &str, body: Value) -> Value {
+        let response = self.post_json(&format!("/v1/{collection}"), &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.expect("JSON body")
+    }
+
+    /// Reads a record and returns its wire form.
+    pub async fn read(&self, collection: &str, id: &str) -> Value {
+        let response = self.get(&format!("/v1/{collection}/{id}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("JSON body")
+    }
+
+    /// Every change in the feed that was committed before this call, except
+    /// the sentinel changes made by [`TestApp::settle_feed`].
+    pub async fn all_changes(&self) -> Vec<Value> {
+        self.settle_feed().await;
+        self.read_feed().await.into_iter().filter(|change| change["collection"] != SENTINEL_COLLECTION).collect()
+    }
+
+    /// Waits until every change committed before this call is readable.
+    ///
+    /// On PostgreSQL the feed only shows changes below the oldest running
+    /// transaction in the cluster, and other tests' transactions run in the
+    /// same cluster. A sentinel written now gets a higher transaction id than
+    /// every transaction that has already committed, so once the sentinel is
+    /// readable, so is everything before it.
+    pub async fn settle_feed(&self) {
+        let sentinel = self.create(SENTINEL_COLLECTION, serde_json::json!({})).await;
+        for _ in 0..500 {
+            if self.read_feed().await.iter().any(|change| change["id"] == sentinel["id"]) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the change feed did not show a committed change within 10 seconds");
+    }
+
+    async fn read_feed(&self) -> Vec<Value> {
+        let mut changes = Vec::new();
+        let mut path = "/v1/_changes?limit=1000".to_owned();
+        loop {
+            let page: Value = self.get(&path).await.json().await.expect("JSON body");
+            let batch = page["changes"].as_array().cloned().unwrap_or_default();
+            if batch.is_empty() {
+                return changes;
+            }
+            changes.extend(batch);
+            path = format!("/v1/_changes?limit=1000&since={}", page["next_cursor"].as_str().unwrap_or_default());
+        }
+    }
+}
+
+/// Reads a problem body and checks its content type, status and type slug.
+pub async fn expect_problem(response: Response, status: StatusCode, kind: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(header(&response, "content-type"), "application/problem+json");
+    let body: Value = response.json().await.expect("problem body");
+    assert_eq!(body["type"], format!("https://versa.dev/problems/{kind}"), "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert!(body["title"].is_string(), "{body}");
+    assert!(body["detail"].as_str().is_some_and(|detail| !detail.is_empty()), "{body}");
+    body
+}
+
+pub fn header(response: &Response, name: &str) -> String {
+    response.headers().get(name).map(|value| value.to_str().unwrap_or_default().to_owned()).unwrap_or_default()
+}
+
+/// Creates an empty database in the test cluster and returns its URL.
+pub async fn create_postgres_database() -> String {
+    let admin_url = std::env::var(POSTGRES_URL_VARIABLE).unwrap_or_else(|_| {
+        panic!("{POSTGRES_URL_VARIABLE} is not set; run the suite with scripts/test, which starts a PostgreSQL cluster")
+    });
+    let name = format!("versa_test_{}", uuid::Uuid::new_v4().simple());
+    let statement = format!("CREATE DATABASE {name}");
+    let admin = admin_url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = diesel::pg::PgConnection::establish(&admin).expect("connect to the test cluster");
+        diesel::sql_query(statement).execute(&mut conn).expect("create test database");
+    })
+    .await
+    .expect("create database task");
+
+    let (base, _) = admin_url.rsplit_once('/').expect("admin URL names a database");
+    format!("{base}/{name}")
+}

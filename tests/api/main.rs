@@ -1,0 +1,17 @@
+//! Integration tests: every scenario runs against the real server over HTTP,
+//! once on SQLite and once on PostgreSQL.
+
+mod helpers;
+
+mod changes;
+mod cli;
+mod concurrency;
+mod errors;
+mod health;
+mod idempotency;
+mod list;
+mod migrations;
+mod patch;
+mod preconditions;
+mod records;
+mod versions;
