@@ -25,7 +25,7 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Deepest nesting of arrays and objects accepted in a request body.
     pub max_json_depth: usize,
-    /// Status of a stale-version answer: 409 (default) or 412.
+    /// Status of a stale-version response: 409 (default) or 412.
     pub conflict_status: u16,
     pub cors_origins: Vec<String>,
     /// HTTP worker threads; defaults to the number of CPU cores.
@@ -75,7 +75,7 @@ pub enum ConfigError {
 }
 
 /// The file's shape. Sections other than `[server]` and `[database]`
-/// (`[auth]`, `[collections.*]`) are accepted and not read yet; inside the
+/// (`[auth]`, `[collections.*]`) are accepted and not read yet. Inside the
 /// two sections read here an unknown key is an error, to catch typos.
 #[derive(Debug, Default, Deserialize)]
 struct FileConfig {

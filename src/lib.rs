@@ -3,7 +3,7 @@
 //!
 //! The crate is layered: [`http`] parses requests and maps errors to problem
 //! bodies, [`service`] runs each operation as one transaction, [`domain`]
-//! holds the rules with no I/O, and [`storage`] holds the queries for SQLite
+//! contains the rules with no I/O, and [`storage`] contains the queries for SQLite
 //! and PostgreSQL. [`startup`] wires them into a server.
 
 pub mod cli;

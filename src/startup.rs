@@ -37,7 +37,7 @@ pub struct Application {
 
 impl Application {
     /// Connects, migrates and binds. With `bind` port 0 the system picks a
-    /// free port; [`Application::address`] tells which.
+    /// free port; [`Application::address`] returns it.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let db = open_database(&settings).await?;
 

@@ -13,11 +13,11 @@ use super::versions::{parse_limit, unknown_parameter};
 use crate::domain::CollectionName;
 use crate::service::changes::{self, decode_position};
 
-/// Longest long-poll wait, in seconds.
+/// Maximum long-poll wait, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 /// How often a long-poll looks for new changes.
-// TODO: poll interval stands in for a commit notification; an in-process
-// wake-up (SQLite) and LISTEN/NOTIFY (PostgreSQL) would answer sooner and
+// TODO: polling replaces a commit notification; an in-process
+// wake-up (SQLite) and LISTEN/NOTIFY (PostgreSQL) would return sooner and
 // read the table less.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const DEFAULT_LIMIT: i64 = 100;

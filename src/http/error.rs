@@ -17,7 +17,7 @@ pub const PROBLEM_BASE: &str = "https://versa.dev/problems/";
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
-/// Why a request failed, as the client sees it.
+/// An error as the client sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
@@ -230,7 +230,7 @@ fn sentence(message: &str) -> String {
     text
 }
 
-/// Marks a stale-version answer, so that the middleware that applies
+/// Marks a stale-version response, so that the middleware that applies
 /// `server.conflict_status = 412` can find it.
 #[derive(Debug, Clone, Copy)]
 pub struct StaleVersionMarker;

@@ -16,7 +16,7 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: the database answers and its schema is current.
+/// `GET /readyz`: the database is reachable and its schema is current.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let current = state.db.read(|conn| migrations::is_current(conn).map_err(ServiceError::from)).await;
     match current {

@@ -27,7 +27,7 @@ use error::{ApiError, StaleVersionMarker};
 /// The principal of every request until authentication exists.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// What every handler can reach.
+/// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub db: Database,
@@ -69,7 +69,7 @@ routes! {
     get "/v1/{collection}/{id}/versions/{version}" => versions::revision,
 }
 
-/// Answers requests no route took.
+/// Returns the error for a request that no route matched.
 pub async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(route_error(&req))
 }
@@ -111,7 +111,7 @@ pub async fn add_request_id(
     Ok(response)
 }
 
-/// Applies `server.conflict_status = 412` to stale-version answers.
+/// Applies `server.conflict_status = 412` to stale-version responses.
 pub async fn apply_conflict_status(
     req: ServiceRequest,
     next: actix_web::middleware::Next<BoxBody>,

@@ -27,7 +27,7 @@ pub fn record_response(status: StatusCode, record: &RecordSnapshot) -> HttpRespo
     json_response(status, record.to_wire().to_string().into_bytes(), Some(&etag))
 }
 
-/// A 201 for a record given in wire form, with `Location` and `ETag`.
+/// Builds a 201 for a record given in wire form, with `Location` and `ETag`.
 pub fn created(collection: &CollectionName, record: &Value, replayed: bool) -> HttpResponse {
     let mut response = json_response(StatusCode::CREATED, record.to_string().into_bytes(), None);
     let headers = response.headers_mut();
@@ -54,7 +54,7 @@ pub fn not_modified(etag: &EntityTag) -> HttpResponse {
         .finish()
 }
 
-/// The entity tag of a list page: a hash of the page as sent, so it changes
+/// Computes the entity tag of a list page: a hash of the page as sent, so it changes
 /// whenever any record on the page, the page's membership or its cursor
 /// changes.
 pub fn list_etag(body: &[u8]) -> EntityTag {

@@ -37,7 +37,7 @@ impl From<&ChangeRow> for ChangeView {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangesPage {
     pub changes: Vec<ChangeView>,
-    /// Where to continue; present even when `changes` is empty.
+    /// Cursor to continue from, present even when `changes` is empty.
     pub next_cursor: String,
 }
 

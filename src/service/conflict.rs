@@ -72,7 +72,7 @@ pub fn build(conn: &mut DbConnection, current: &RecordRow, expected: &ExpectedVe
     })
 }
 
-/// What the writer's record would have been had it been applied to its
+/// Rebuilds the writer's record as if its change had been applied to its
 /// base. A patch that does not apply to the base gives no comparison.
 fn yours_from_base(base_meta: &RecordMeta, base: &Fields, change: &Change) -> Option<Fields> {
     match change {

@@ -12,7 +12,7 @@ use crate::storage::{Database, records};
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 1000;
-/// Longest field name accepted in a filter or sort.
+/// Maximum length of a field name in a filter or sort.
 const MAX_FIELD_NAME_LEN: usize = 64;
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +70,7 @@ impl ListParams {
         Ok(params)
     }
 
-    /// A short hash of the sort and filters, kept in cursors so that a
+    /// Hashes the sort and filters into a short tag, kept in cursors so that a
     /// cursor cannot be used with a different query.
     fn fingerprint(&self) -> String {
         let mut hasher = Sha256::new();
@@ -100,8 +100,8 @@ fn parse_field(name: &str, parameter: &str) -> Result<ListField, ServiceError> {
     })
 }
 
-/// The JSON values a query-string value stands for: always the string, and
-/// also the number, boolean or null it spells, so `?count=3` matches both
+/// Returns the JSON values a query-string value matches: always the string,
+/// and also the number, boolean or null it spells, so `?count=3` matches both
 /// `3` and `"3"`.
 fn filter_candidates(value: &str) -> Vec<String> {
     let mut candidates = vec![Value::String(value.to_owned()).to_string()];

@@ -32,7 +32,7 @@ impl RecordSnapshot {
     }
 }
 
-/// Why an operation did not happen. Each variant maps to one HTTP status
+/// An operation that did not happen. Each variant maps to one HTTP status
 /// and problem type in [`crate::http::error`].
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

@@ -18,7 +18,7 @@ use crate::storage::{Database, DbConnection, StorageError, idempotency, records}
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_KEY_LIFETIME_HOURS: i64 = 24;
 
-/// What a write does to an existing record.
+/// A write's effect on an existing record.
 #[derive(Debug, Clone)]
 pub enum Change {
     /// PUT: the new fields.
@@ -31,7 +31,7 @@ pub enum Change {
     Delete,
 }
 
-/// Who writes and what the collection allows.
+/// The writer and the collection's write rules.
 #[derive(Debug, Clone)]
 pub struct WriteContext {
     pub principal: String,
@@ -209,7 +209,7 @@ pub async fn insert_new(db: &Database, collection: &CollectionName, id: RecordId
 }
 
 /// Turns a unique violation into [`ServiceError::AlreadyExists`] carrying the
-/// record that holds the id, read after the failed transaction ended.
+/// record that has the id, read after the failed transaction ended.
 async fn already_exists_with_current(db: &Database, collection: &CollectionName, id: RecordId, error: ServiceError) -> ServiceError {
     if !matches!(error, ServiceError::Storage(StorageError::UniqueViolation)) {
         return error;
@@ -262,7 +262,7 @@ fn insert_in_transaction(conn: &mut DbConnection, collection: &str, id: RecordId
 /// [`ServiceError::PreconditionRequired`] without an expected version,
 /// [`ServiceError::NotFound`] for a record that never existed, and
 /// [`ServiceError::Conflict`] when the version is stale or the record was
-/// deleted; a refused write changes nothing. A client that gets a conflict
+/// deleted. A refused write changes nothing. A client that gets a conflict
 /// must read the record again, merge, and retry with the new version.
 pub async fn write(
     db: &Database,

@@ -1,6 +1,6 @@
 //! Idempotency keys for creates.
 //!
-//! A key is claimed by inserting a row; the primary key on
+//! A key is claimed by inserting a row. The primary key on
 //! `(principal, idempotency_key)` decides between concurrent repeats, so two
 //! requests can never both run the create.
 
@@ -23,13 +23,13 @@ pub fn find(conn: &mut DbConnection, principal: &str, key: &str) -> Result<Optio
 ///
 /// # Errors
 ///
-/// [`StorageError::UniqueViolation`] when another request holds the key.
+/// [`StorageError::UniqueViolation`] when another request has claimed the key.
 pub fn claim(conn: &mut DbConnection, row: &IdempotencyRow) -> Result<(), StorageError> {
     diesel::insert_into(idempotency_keys::table).values(row.clone()).execute(conn)?;
     Ok(())
 }
 
-/// Stores the response of the request that holds the key.
+/// Stores the response of the request that claimed the key.
 pub fn complete(conn: &mut DbConnection, principal: &str, key: &str, record_id: &str, response_body: &str) -> Result<(), StorageError> {
     diesel::update(idempotency_keys::table.find((principal, key)))
         .set((

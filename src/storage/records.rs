@@ -102,7 +102,7 @@ pub fn revisions_after(conn: &mut DbConnection, collection: &str, id: &str, afte
         .load(conn)?)
 }
 
-/// A page of revisions older than `before`, newest first.
+/// Returns a page of revisions older than `before`, newest first.
 pub fn revisions_page(
     conn: &mut DbConnection,
     collection: &str,
@@ -272,13 +272,4 @@ fn sort_key(backend: super::Backend, field: &ListField, descending: bool) -> Box
         }
     };
     Box::new(sql::<diesel::sql_types::Untyped>(column).sql(direction))
-}
-
-/// Counts a record's revisions; used by tests and history paging.
-pub fn count_revisions(conn: &mut DbConnection, collection: &str, id: &str) -> Result<i64, StorageError> {
-    Ok(revisions::table
-        .filter(revisions::collection.eq(collection))
-        .filter(revisions::record_id.eq(id))
-        .count()
-        .get_result::<i64>(conn)?)
 }

@@ -11,8 +11,8 @@ both_backends!(concurrent_increments_lose_nothing, same_version_writes_commit_on
 const CLIENTS: usize = 16;
 const INCREMENTS_PER_CLIENT: usize = 5;
 
-/// Each client reads, increments and writes back with If-Match, retrying on
-/// 409. Every acknowledged write must be in the final count.
+/// Runs clients that read, increment and write back with If-Match, retrying
+/// on 409. Every acknowledged write must be in the final count.
 async fn concurrent_increments_lose_nothing(app: TestApp) {
     let created = app.create("counters", json!({"value": 0})).await;
     let path = format!("/v1/counters/{}", created["id"].as_str().unwrap());

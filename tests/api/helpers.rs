@@ -114,8 +114,8 @@ impl TestApp {
         response.json().await.expect("JSON body")
     }
 
-    /// Every change in the feed that was committed before this call, except
-    /// the sentinel changes made by [`TestApp::settle_feed`].
+    /// Returns every change committed before this call, without the sentinel
+    /// changes that [`TestApp::settle_feed`] writes.
     pub async fn all_changes(&self) -> Vec<Value> {
         self.settle_feed().await;
         self.read_feed().await.into_iter().filter(|change| change["collection"] != SENTINEL_COLLECTION).collect()
