@@ -189,22 +189,22 @@ fn service_problem(error: &ServiceError) -> Problem {
 }
 
 fn conflict_problem(report: &ConflictReport) -> Problem {
+    let current = report.current_version;
     let detail = if report.deleted {
-        format!("The record was deleted at version {}; nothing was written.", report.current_version)
+        format!("The record was deleted at version {current}; nothing was written.")
+    } else if report.weak_tags_only {
+        format!(
+            "If-Match named only weak entity tags, which never match a write; the record is at version {current}. Nothing was written. Send If-Match: \"{current}\" once your copy is current."
+        )
     } else {
         match report.expected_version {
             Some(expected) if !report.base_available => format!(
-                "The write expected version {expected}, but the record is at version {} and version {expected} does not exist, so no field comparison was possible; nothing was written. Read the record again and retry.",
-                report.current_version
+                "The write expected version {expected}, but the record is at version {current} and revision {expected} is not available, so no field comparison was possible. Nothing was written; read the record again and retry."
             ),
             Some(expected) => format!(
-                "The write expected version {expected}, but the record is at version {}; nothing was written. Merge the changes listed in conflicts and retry with version {}.",
-                report.current_version, report.current_version
+                "The write expected version {expected}, but the record is at version {current}; nothing was written. Merge the changes listed in conflicts and retry with version {current}."
             ),
-            None => format!(
-                "The write's If-Match named no current version (weak tags never match); the record is at version {}. Nothing was written.",
-                report.current_version
-            ),
+            None => format!("The record is at version {current}; nothing was written."),
         }
     };
 

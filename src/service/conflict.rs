@@ -25,6 +25,8 @@ pub struct ConflictReport {
     /// was), so no field comparison was possible.
     pub base_available: bool,
     pub deleted: bool,
+    /// `true` when `If-Match` named only weak tags, which never match.
+    pub weak_tags_only: bool,
 }
 
 /// Builds the report for a write based on `expected` that found `current`.
@@ -69,6 +71,7 @@ pub fn build(conn: &mut DbConnection, current: &RecordRow, expected: &ExpectedVe
         conflicts,
         base_available: base.is_some(),
         deleted: current.deleted,
+        weak_tags_only: matches!(expected, ExpectedVersion::Never { .. }),
     })
 }
 

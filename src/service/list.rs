@@ -59,6 +59,12 @@ impl ListParams {
                 }
                 _ => {
                     let field = parse_field(&name, "filter")?;
+                    if matches!(field, ListField::CreatedAt | ListField::UpdatedAt) {
+                        return Err(ServiceError::InvalidQuery(format!("{name} can be sorted on but not filtered by equality")));
+                    }
+                    if field == ListField::Version && value.parse::<i64>().is_err() {
+                        return Err(ServiceError::InvalidQuery(format!("version filter must be an integer, got {value:?}")));
+                    }
                     let candidates = filter_candidates(&value);
                     match params.filters.iter_mut().find(|filter| filter.field == field) {
                         Some(filter) => filter.any_of.extend(candidates),

@@ -144,6 +144,9 @@ pub async fn create(
 
 /// Claims the key, or returns the stored response of the request that used
 /// it before.
+// TODO: a process that dies between the claim and the create leaves the key
+// claimed, so retries get 409 until it expires after 24 hours; a claim older
+// than a request timeout could be taken over instead.
 async fn claim_key(db: &Database, collection: &CollectionName, principal: &str, key: &IdempotencyKey) -> Result<Option<Value>, ServiceError> {
     let row = IdempotencyRow {
         principal: principal.to_owned(),

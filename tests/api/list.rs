@@ -98,7 +98,8 @@ async fn list_etag_gives_304_until_change(app: TestApp) {
 }
 
 async fn list_rejects_bad_parameters(app: TestApp) {
-    for path in ["/v1/notes?limit=0", "/v1/notes?limit=1001", "/v1/notes?limit=x", "/v1/notes?sort=a.b", "/v1/notes?a%20b=1"] {
+    let bad = ["/v1/notes?limit=0", "/v1/notes?limit=1001", "/v1/notes?limit=x", "/v1/notes?sort=a.b", "/v1/notes?a%20b=1", "/v1/notes?created_at=x", "/v1/notes?version=two"];
+    for path in bad {
         expect_problem(app.get(path).await, StatusCode::BAD_REQUEST, "invalid-query").await;
     }
     expect_problem(app.get("/v1/notes?cursor=garbage").await, StatusCode::BAD_REQUEST, "invalid-cursor").await;

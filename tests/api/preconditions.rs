@@ -111,6 +111,7 @@ async fn weak_if_match_never_matches(app: TestApp) {
 
     let problem = expect_problem(response, StatusCode::CONFLICT, "version-conflict").await;
     assert_eq!(problem["current_version"], 1);
+    assert!(problem["detail"].as_str().unwrap().contains("weak entity tags"), "{problem}");
     assert_eq!(app.all_changes().await.len(), 1);
 }
 
