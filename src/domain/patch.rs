@@ -11,7 +11,7 @@ use super::record::{Fields, RESERVED_MEMBERS, strip_reserved};
 /// Why a JSON Patch document could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatchError {
-    #[error("JSON Patch operation {index} changes the server-managed member {path}; only \"test\" may refer to it")]
+    #[error("JSON Patch operation {index} changes the server-managed member or whole document at {path:?}; only \"test\" may refer to it")]
     ReservedMember { index: usize, path: String },
     #[error("JSON Patch operation {index} failed at {path}: {reason}")]
     Failed { index: usize, path: String, reason: String },
@@ -48,8 +48,10 @@ pub fn apply_merge_patch(current: &Fields, patch: &Fields) -> Fields {
 pub fn apply_json_patch(wire: &Value, patch: &Patch) -> Result<Fields, PatchError> {
     for (index, operation) in patch.0.iter().enumerate() {
         for path in written_paths(operation) {
+            // An operation on the root ("") would replace the managed
+            // members along with everything else.
             let top = path.split('/').nth(1).unwrap_or("");
-            if RESERVED_MEMBERS.contains(&top) {
+            if path.is_empty() || RESERVED_MEMBERS.contains(&top) {
                 return Err(PatchError::ReservedMember { index, path: path.to_owned() });
             }
         }
@@ -166,8 +168,14 @@ mod tests {
     }
 
     #[test]
+    fn json_patch_rejects_whole_document_writes() {
+        let ops = patch(json!([{"op": "replace", "path": "", "value": {"version": 9}}]));
+        assert_eq!(apply_json_patch(&json!({"a": 1}), &ops), Err(PatchError::ReservedMember { index: 0, path: String::new() }));
+    }
+
+    #[test]
     fn json_patch_result_must_be_object() {
-        let ops = patch(json!([{"op": "replace", "path": "", "value": [1]}]));
-        assert_eq!(apply_json_patch(&json!({"a": 1}), &ops), Err(PatchError::NotAnObject));
+        let ops = patch(json!([{"op": "copy", "from": "/a", "path": ""}]));
+        assert!(apply_json_patch(&json!({"a": [1]}), &ops).is_err());
     }
 }

@@ -18,7 +18,10 @@ pub const PROBLEM_BASE: &str = "https://versa.dev/problems/";
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// An error as the client sees it.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints only the status and problem type: the request logger
+/// prints errors with it, and a conflict report carries whole records.
+#[derive(thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
     Service(#[from] ServiceError),
@@ -35,6 +38,13 @@ pub enum ApiError {
     MethodNotAllowed { allow: String },
     #[error("database not ready: {detail}")]
     NotReady { detail: String },
+}
+
+impl std::fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let problem = self.problem();
+        write!(f, "{} {}", problem.status.as_u16(), problem.kind)
+    }
 }
 
 impl ApiError {

@@ -244,6 +244,9 @@ impl FromRequest for JsonBody {
                 return Err(ApiError::bad_request("invalid-body", "The request body is empty; send a JSON document."));
             }
 
+            // TODO: integers beyond 64 bits parse as floats and are stored
+            // rounded; serde_json's arbitrary_precision feature, or a check
+            // that rejects them with 400, would keep client data exact.
             let value: Value = serde_json::from_slice(&bytes)
                 .map_err(|error| ApiError::bad_request("invalid-json", format!("The request body is not valid JSON: {error}.")))?;
             if depth(&value) > max_depth {

@@ -49,9 +49,21 @@ macro_rules! routes {
 
         /// Registers every route.
         pub fn configure(config: &mut web::ServiceConfig) {
-            $(config.route($path, web::$method().to($handler));)*
+            $(config.route($path, method_route(stringify!($method)).to($handler));)*
         }
     };
+}
+
+/// Builds a route for one method; GET routes also answer HEAD, as RFC 9110
+/// requires, and actix sends HEAD responses without their body.
+fn method_route(method: &str) -> actix_web::Route {
+    match method {
+        "get" => web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head())),
+        "post" => web::post(),
+        "put" => web::put(),
+        "patch" => web::patch(),
+        _ => web::delete(),
+    }
 }
 
 routes! {

@@ -57,6 +57,12 @@ pub fn decode_position(text: &str) -> Result<FeedPosition, ServiceError> {
     let mut parts = decoded.strip_prefix("c:").ok_or_else(invalid)?.splitn(2, ':');
     let txid = parts.next().and_then(|part| part.parse().ok()).ok_or_else(invalid)?;
     let seq = parts.next().and_then(|part| part.parse().ok()).ok_or_else(invalid)?;
+    if txid < 0 || seq < 0 {
+        return Err(invalid());
+    }
+    // TODO: a well-formed cursor past the end of the feed is accepted and
+    // waits for changes that will never sort after it; checking it against
+    // the feed's current end would catch forged cursors.
     Ok(FeedPosition { txid, seq })
 }
 

@@ -166,7 +166,9 @@ fn decode_cursor(text: &str, fingerprint: &str) -> Result<ListPosition, ServiceE
         return Err(invalid("the cursor belongs to a listing with other filters or another sort; start again without a cursor"));
     }
     match (parts.next(), parts.next()) {
-        (Some("a"), Some(id)) => Ok(ListPosition::AfterId(id.to_owned())),
+        (Some("a"), Some(id)) => crate::domain::RecordId::parse(id)
+            .map(|id| ListPosition::AfterId(id.to_key()))
+            .map_err(|_| invalid("the cursor was not issued by this listing")),
         (Some("o"), Some(offset)) => offset
             .parse::<i64>()
             .ok()

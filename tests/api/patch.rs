@@ -84,10 +84,15 @@ async fn json_patch_failure_writes_nothing(app: TestApp) {
 async fn json_patch_cannot_touch_server_members(app: TestApp) {
     let (path, _) = note(&app, json!({"title": "t"})).await;
 
-    let patch = json!([{"op": "replace", "path": "/version", "value": 9}]);
-    let response = app.send(Method::PATCH, &path, "application/json-patch+json", &patch, &[("if-match", "\"1\"")]).await;
-
-    expect_problem(response, StatusCode::BAD_REQUEST, "patch-failed").await;
+    let patches = [
+        json!([{"op": "replace", "path": "/version", "value": 9}]),
+        json!([{"op": "replace", "path": "", "value": {"x": 1, "version": 99}}]),
+    ];
+    for patch in patches {
+        let response = app.send(Method::PATCH, &path, "application/json-patch+json", &patch, &[("if-match", "\"1\"")]).await;
+        expect_problem(response, StatusCode::BAD_REQUEST, "patch-failed").await;
+    }
+    assert_eq!(app.all_changes().await.len(), 1);
 }
 
 async fn merge_patch_id_must_match_url(app: TestApp) {

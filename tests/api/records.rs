@@ -69,6 +69,11 @@ async fn get_returns_etag(app: TestApp) {
     assert_eq!(header(&response, "etag"), "\"1\"");
     assert_eq!(header(&response, "cache-control"), "no-cache");
     assert_eq!(response.json::<Value>().await.unwrap(), created);
+
+    let head = app.request(Method::HEAD, &format!("/v1/notes/{id}")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(&head, "etag"), "\"1\"");
+    assert!(head.bytes().await.unwrap().is_empty());
 }
 
 async fn get_if_none_match_is_304(app: TestApp) {
