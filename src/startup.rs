@@ -51,7 +51,6 @@ impl Application {
                 .app_data(state.clone())
                 .configure(http::configure)
                 .default_service(web::to(http::fallback))
-                .wrap(from_fn(http::apply_conflict_status))
                 .wrap(from_fn(http::add_request_id))
                 .wrap(TracingLogger::default())
         })

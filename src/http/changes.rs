@@ -7,9 +7,9 @@ use actix_web::{HttpResponse, web};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::QueryPairs;
-use super::response::json_response;
-use super::versions::{parse_limit, unknown_parameter};
+use super::extract::{QueryPairs, unknown_parameter};
+use super::response::{json_response, to_json};
+use crate::service::list::parse_limit;
 use crate::domain::CollectionName;
 use crate::service::changes::{self, decode_position};
 
@@ -58,6 +58,5 @@ pub async fn list(state: web::Data<AppState>, query: QueryPairs) -> Result<HttpR
         tokio::time::sleep(POLL_INTERVAL.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
     };
 
-    let body = serde_json::to_vec(&page).unwrap_or_default();
-    Ok(json_response(StatusCode::OK, body, None))
+    Ok(json_response(StatusCode::OK, to_json(&page)?, None))
 }

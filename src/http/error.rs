@@ -38,6 +38,14 @@ pub enum ApiError {
     MethodNotAllowed { allow: String },
     #[error("database not ready: {detail}")]
     NotReady { detail: String },
+    /// A stale write, returned with the status the server is configured
+    /// for (409 or 412). See [`crate::http::AppState::api_error`].
+    #[error("stale expected version")]
+    StaleVersion { report: Box<ConflictReport>, status: StatusCode },
+    /// A server fault outside the service layer; the client gets a generic
+    /// 500 and the detail goes to the log.
+    #[error("{detail}")]
+    Internal { detail: String },
 }
 
 impl std::fmt::Debug for ApiError {
@@ -106,6 +114,8 @@ impl ApiError {
                 format!("This endpoint accepts {allow}."),
             ),
             Self::NotReady { detail } => Problem::new(S::SERVICE_UNAVAILABLE, "not-ready", "Not ready", detail.clone()),
+            Self::StaleVersion { report, status } => conflict_problem(report, *status),
+            Self::Internal { .. } => internal_problem(),
             Self::Service(error) => service_problem(error),
         }
     }
@@ -144,7 +154,7 @@ fn service_problem(error: &ServiceError) -> Problem {
             "Unconditional write not allowed",
             "If-Match: * would overwrite changes you have not seen, and this collection does not allow unconditional writes; send the version you read instead.",
         ),
-        ServiceError::Conflict(report) => conflict_problem(report),
+        ServiceError::Conflict(report) => conflict_problem(report, S::CONFLICT),
         ServiceError::Body(error) => Problem::new(S::BAD_REQUEST, "invalid-body", "Invalid request body", sentence(&error.to_string())),
         ServiceError::Precondition(error) => {
             Problem::new(S::BAD_REQUEST, "invalid-precondition", "Invalid precondition", sentence(&error.to_string()))
@@ -189,16 +199,20 @@ fn service_problem(error: &ServiceError) -> Problem {
             "Database unavailable",
             "The database cannot be reached right now; retry later.",
         ),
-        ServiceError::Storage(_) => Problem::new(
-            S::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal server error",
-            "The server failed to handle this request; the X-Request-Id response header identifies it in the server log.",
-        ),
+        ServiceError::Storage(_) => internal_problem(),
     }
 }
 
-fn conflict_problem(report: &ConflictReport) -> Problem {
+fn internal_problem() -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal server error",
+        "The server failed to handle this request; the X-Request-Id response header identifies it in the server log.",
+    )
+}
+
+fn conflict_problem(report: &ConflictReport, status: StatusCode) -> Problem {
     let current = report.current_version;
     let detail = if report.deleted {
         format!("The record was deleted at version {current}; nothing was written.")
@@ -218,7 +232,7 @@ fn conflict_problem(report: &ConflictReport) -> Problem {
         }
     };
 
-    Problem::new(StatusCode::CONFLICT, "version-conflict", "Version conflict", detail)
+    Problem::new(status, "version-conflict", "Version conflict", detail)
         .with("current", report.current.clone())
         .with("expected_version", report.expected_version.map(Value::from).unwrap_or(Value::Null))
         .with("current_version", Value::from(report.current_version))
@@ -240,11 +254,6 @@ fn sentence(message: &str) -> String {
     text
 }
 
-/// Marks a stale-version response, so that the middleware that applies
-/// `server.conflict_status = 412` can find it.
-#[derive(Debug, Clone, Copy)]
-pub struct StaleVersionMarker;
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.problem().status
@@ -260,9 +269,8 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(problem.status);
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE)));
         match self {
-            Self::Service(ServiceError::Conflict(report)) => {
+            Self::Service(ServiceError::Conflict(report)) | Self::StaleVersion { report, .. } => {
                 response.insert_header((header::ETAG, EntityTag::for_version(report.current_version).to_string()));
-                response.extensions_mut().insert(StaleVersionMarker);
             }
             Self::Service(ServiceError::AlreadyExists { current }) => {
                 if let Some(version) = current.get("version").and_then(Value::as_i64) {
@@ -279,11 +287,4 @@ impl ResponseError for ApiError {
         }
         response.body(problem.into_body().to_string())
     }
-}
-
-/// Rewrites a stale-version problem body to another status (412).
-pub fn restatus_problem(body: &[u8], status: StatusCode) -> Option<Vec<u8>> {
-    let mut value: Value = serde_json::from_slice(body).ok()?;
-    value.as_object_mut()?.insert("status".into(), Value::from(status.as_u16()));
-    serde_json::to_vec(&value).ok()
 }

@@ -170,6 +170,11 @@ impl FromRequest for QueryPairs {
     }
 }
 
+/// Returns the 400 for a query parameter that the endpoint does not take.
+pub fn unknown_parameter(name: &str, accepted: &str) -> ApiError {
+    ApiError::bad_request("invalid-query", format!("Unknown query parameter {name:?}; this endpoint accepts {accepted}."))
+}
+
 /// The media types a JSON body may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyType {
@@ -216,8 +221,13 @@ impl FromRequest for JsonBody {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let settings = req.app_data::<web::Data<AppState>>().map(|state| (state.settings.max_body_bytes, state.settings.max_json_depth));
-        let (limit, max_depth) = settings.unwrap_or((1024 * 1024, 64));
+        let (limit, max_depth) = match req.app_data::<web::Data<AppState>>() {
+            Some(state) => (state.settings.max_body_bytes, state.settings.max_json_depth),
+            None => {
+                let defaults = crate::config::Settings::default().server;
+                (defaults.max_body_bytes, defaults.max_json_depth)
+            }
+        };
         let body_type = body_type_of(req);
         let declared_length = req
             .headers()
@@ -245,7 +255,7 @@ impl FromRequest for JsonBody {
             }
 
             // TODO: integers beyond 64 bits parse as floats and are stored
-            // rounded; serde_json's arbitrary_precision feature, or a check
+            // rounded. serde_json's arbitrary_precision feature, or a check
             // that rejects them with 400, would keep client data exact.
             let value: Value = serde_json::from_slice(&bytes)
                 .map_err(|error| ApiError::bad_request("invalid-json", format!("The request body is not valid JSON: {error}.")))?;

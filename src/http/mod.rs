@@ -13,7 +13,7 @@ pub mod versions;
 use std::sync::Arc;
 
 use actix_router::ResourceDef;
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -21,8 +21,9 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use tracing_actix_web::RequestId;
 
 use crate::config::ServerSettings;
+use crate::service::ServiceError;
 use crate::storage::Database;
-use error::{ApiError, StaleVersionMarker};
+use error::ApiError;
 
 /// The principal of every request until authentication exists.
 pub const ANONYMOUS: &str = "anonymous";
@@ -37,6 +38,19 @@ pub struct AppState {
 impl AppState {
     pub fn principal(&self) -> &str {
         ANONYMOUS
+    }
+
+    /// Converts a service error for the client. A stale write gets the
+    /// status of `server.conflict_status` (409 by default, 412 for clients
+    /// that follow RFC 9110 to the letter).
+    pub fn api_error(&self, error: ServiceError) -> ApiError {
+        match error {
+            ServiceError::Conflict(report) => {
+                let status = StatusCode::from_u16(self.settings.conflict_status).unwrap_or(StatusCode::CONFLICT);
+                ApiError::StaleVersion { report, status }
+            }
+            other => ApiError::Service(other),
+        }
     }
 }
 
@@ -54,7 +68,7 @@ macro_rules! routes {
     };
 }
 
-/// Builds a route for one method; GET routes also answer HEAD, as RFC 9110
+/// Builds a route for one method. GET routes also accept HEAD, as RFC 9110
 /// requires, and actix sends HEAD responses without their body.
 fn method_route(method: &str) -> actix_web::Route {
     match method {
@@ -86,20 +100,19 @@ pub async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(route_error(&req))
 }
 
-/// 405 with the allowed methods when some route serves this path, else 404.
+/// Returns 405 with the allowed methods when some route serves this path,
+/// else 404.
 pub fn route_error(req: &HttpRequest) -> ApiError {
-    let mut allowed: Vec<String> = ROUTES
-        .iter()
-        .filter(|(_, path)| ResourceDef::new(*path).is_match(req.path()))
-        .map(|(method, _)| method.to_uppercase())
-        .collect();
-    // System paths such as /v1/_changes also match /v1/{collection}; only the
-    // most specific template's methods count.
-    if req.path().starts_with("/v1/_") {
-        let specific: Vec<_> = ROUTES.iter().filter(|(_, path)| *path == req.path()).map(|(m, _)| m.to_uppercase()).collect();
-        allowed = specific;
-    }
+    // System paths such as /v1/_changes also match /v1/{collection}, so for
+    // them only the exact template counts.
+    let system_path = req.path().starts_with("/v1/_");
+    let serves = |template: &str| {
+        if system_path { template == req.path() } else { ResourceDef::new(template).is_match(req.path()) }
+    };
+
+    let mut allowed: Vec<String> = ROUTES.iter().filter(|(_, template)| serves(template)).map(|(method, _)| method.to_uppercase()).collect();
     allowed.dedup();
+
     if allowed.is_empty() {
         ApiError::RouteNotFound
     } else {
@@ -121,27 +134,4 @@ pub async fn add_request_id(
         response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
     }
     Ok(response)
-}
-
-/// Applies `server.conflict_status = 412` to stale-version responses.
-pub async fn apply_conflict_status(
-    req: ServiceRequest,
-    next: actix_web::middleware::Next<BoxBody>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let status = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.settings.conflict_status)
-        .unwrap_or(409);
-    let response = next.call(req).await?;
-    if status != 412 || response.response().extensions().get::<StaleVersionMarker>().is_none() {
-        return Ok(response);
-    }
-
-    let (request, response) = response.into_parts();
-    let headers = response.headers().clone();
-    let body = actix_web::body::to_bytes(response.into_body()).await.unwrap_or_default();
-    let body = error::restatus_problem(&body, StatusCode::PRECONDITION_FAILED).unwrap_or_else(|| body.to_vec());
-    let mut rebuilt = HttpResponse::with_body(StatusCode::PRECONDITION_FAILED, BoxBody::new(body));
-    *rebuilt.headers_mut() = headers;
-    Ok(ServiceResponse::new(request, rebuilt))
 }

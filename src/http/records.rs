@@ -6,7 +6,7 @@ use json_patch::Patch;
 
 use super::error::ApiError;
 use super::extract::{BodyType, CollectionPath, IdempotencyKeyHeader, JsonBody, Preconditions, QueryPairs, RecordPath};
-use super::response::{json_response, not_modified, record_response, list_etag};
+use super::response::{json_response, list_etag, not_modified, record_response, to_json};
 use super::AppState;
 use crate::domain::record::split_body;
 use crate::domain::{EntityTag, ExpectedVersion, IfNoneMatch};
@@ -66,7 +66,9 @@ pub async fn replace(state: web::Data<AppState>, path: RecordPath, preconditions
     }
 
     let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), split.version).map_err(ServiceError::from)?;
-    let record = records::write(&state.db, &path.collection, path.id, expected, Change::Replace(split.fields), &state.write_context()).await?;
+    let record = records::write(&state.db, &path.collection, path.id, expected, Change::Replace(split.fields), &state.write_context())
+        .await
+        .map_err(|error| state.api_error(error))?;
     Ok(record_response(StatusCode::OK, &record))
 }
 
@@ -90,7 +92,9 @@ pub async fn patch(state: web::Data<AppState>, path: RecordPath, preconditions: 
         }
     };
 
-    let record = records::write(&state.db, &path.collection, path.id, expected, change, &state.write_context()).await?;
+    let record = records::write(&state.db, &path.collection, path.id, expected, change, &state.write_context())
+        .await
+        .map_err(|error| state.api_error(error))?;
     Ok(record_response(StatusCode::OK, &record))
 }
 
@@ -111,7 +115,9 @@ pub async fn delete(state: web::Data<AppState>, path: RecordPath, preconditions:
     }
     let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), version).map_err(ServiceError::from)?;
 
-    records::write(&state.db, &path.collection, path.id, expected, Change::Delete, &state.write_context()).await?;
+    records::write(&state.db, &path.collection, path.id, expected, Change::Delete, &state.write_context())
+        .await
+        .map_err(|error| state.api_error(error))?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -126,7 +132,7 @@ pub async fn list(
 
     let page = list::list(&state.db, &collection, params).await?;
 
-    let body = serde_json::to_vec(&page).map_err(|_| ApiError::bad_request("invalid-query", "The page could not be encoded."))?;
+    let body = to_json(&page)?;
     let etag = list_etag(&body);
     if preconditions.if_none_match.is_some_and(|header| header.matches(&etag)) {
         return Ok(not_modified(&etag));

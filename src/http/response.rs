@@ -6,12 +6,23 @@ use actix_web::http::header;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::error::ApiError;
 use crate::domain::{CollectionName, EntityTag};
 use crate::service::RecordSnapshot;
 
 /// Records are revalidated on every use: a client keeps its copy and sends
 /// If-None-Match, which costs a 304 when nothing changed.
 const CACHE_CONTROL: &str = "no-cache";
+
+/// Serializes a response body.
+///
+/// # Errors
+///
+/// [`ApiError::Internal`] if serialization fails, which for the types sent
+/// here (JSON values and plain structs) does not happen.
+pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|error| ApiError::Internal { detail: format!("response serialization failed: {error}") })
+}
 
 pub fn json_response(status: StatusCode, body: Vec<u8>, etag: Option<&EntityTag>) -> HttpResponse {
     let mut response = HttpResponse::build(status);

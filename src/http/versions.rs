@@ -5,10 +5,10 @@ use actix_web::{HttpResponse, web};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{QueryPairs, RecordPath, VersionPath};
-use super::response::json_response;
+use super::extract::{QueryPairs, RecordPath, VersionPath, unknown_parameter};
+use super::response::{json_response, to_json};
 use crate::domain::EntityTag;
-use crate::service::list::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::service::list::{DEFAULT_LIMIT, parse_limit};
 use crate::service::versions;
 
 /// `GET /v1/{collection}/{id}/versions`: history, newest first.
@@ -25,8 +25,7 @@ pub async fn history(state: web::Data<AppState>, path: RecordPath, query: QueryP
 
     let page = versions::history(&state.db, &path.collection, path.id, limit, cursor.as_deref()).await?;
 
-    let body = serde_json::to_vec(&page).unwrap_or_default();
-    Ok(json_response(StatusCode::OK, body, None))
+    Ok(json_response(StatusCode::OK, to_json(&page)?, None))
 }
 
 /// `GET /v1/{collection}/{id}/versions/{version}`: one revision's snapshot.
@@ -36,16 +35,4 @@ pub async fn revision(state: web::Data<AppState>, path: RecordPath, version: Ver
 
     let etag = EntityTag::for_version(record.meta.version);
     Ok(json_response(StatusCode::OK, record.to_wire().to_string().into_bytes(), Some(&etag)))
-}
-
-pub fn parse_limit(value: &str) -> Result<i64, ApiError> {
-    value
-        .parse::<i64>()
-        .ok()
-        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-        .ok_or_else(|| ApiError::bad_request("invalid-query", format!("limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}.")))
-}
-
-pub fn unknown_parameter(name: &str, accepted: &str) -> ApiError {
-    ApiError::bad_request("invalid-query", format!("Unknown query parameter {name:?}; this endpoint accepts {accepted}."))
 }

@@ -42,13 +42,7 @@ impl ListParams {
         let mut params = Self { limit: DEFAULT_LIMIT, cursor: None, sort: None, filters: Vec::new() };
         for (name, value) in pairs {
             match name.as_str() {
-                "limit" => {
-                    params.limit = value
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                        .ok_or_else(|| ServiceError::InvalidQuery(format!("limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}")))?;
-                }
+                "limit" => params.limit = parse_limit(&value)?,
                 "cursor" => params.cursor = Some(value),
                 "sort" => {
                     let (descending, name) = match value.strip_prefix('-') {
@@ -83,6 +77,15 @@ impl ListParams {
         hasher.update(format!("{:?}|{:?}", self.sort, self.filters).as_bytes());
         hex::encode(&hasher.finalize()[..6])
     }
+}
+
+/// Parses a page size from 1 to [`MAX_LIMIT`]; every paged endpoint uses it.
+pub fn parse_limit(value: &str) -> Result<i64, ServiceError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| ServiceError::InvalidQuery(format!("limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}")))
 }
 
 fn parse_field(name: &str, parameter: &str) -> Result<ListField, ServiceError> {

@@ -135,7 +135,7 @@ pub async fn create(
             let principal = principal.to_owned();
             let release = db.write(move |conn| idempotency::release(conn, &principal, &key.key)).await;
             if let Err(release_error) = release {
-                tracing::warn!(error = %release_error, "failed to release an idempotency key after a failed create");
+                tracing::warn!(error = %release_error, %collection, %id, "failed to release an idempotency key after a failed create");
             }
             Err(already_exists_with_current(db, collection, id, error).await)
         }
@@ -145,8 +145,8 @@ pub async fn create(
 /// Claims the key, or returns the stored response of the request that used
 /// it before.
 // TODO: a process that dies between the claim and the create leaves the key
-// claimed, so retries get 409 until it expires after 24 hours; a claim older
-// than a request timeout could be taken over instead.
+// claimed, so retries get 409 until it expires after 24 hours. Letting a
+// request take over a claim older than a request timeout would fix that.
 async fn claim_key(db: &Database, collection: &CollectionName, principal: &str, key: &IdempotencyKey) -> Result<Option<Value>, ServiceError> {
     let row = IdempotencyRow {
         principal: principal.to_owned(),
@@ -239,7 +239,7 @@ fn insert_in_transaction(conn: &mut DbConnection, collection: &str, id: RecordId
     }
 
     let at = now().naive_utc();
-    let data = encode_fields(&fields);
+    let data = encode_fields(&fields)?;
     let row = RecordRow {
         collection: collection.to_owned(),
         id: key.clone(),
@@ -254,7 +254,7 @@ fn insert_in_transaction(conn: &mut DbConnection, collection: &str, id: RecordId
     records::insert(conn, &row)?;
     record_history(conn, &row, Operation::Created, vec![String::new()])?;
 
-    snapshot(&row)
+    Ok(RecordSnapshot { meta: row.meta()?, fields })
 }
 
 /// Applies `change` to an existing record if `expected` matches its current
@@ -314,7 +314,7 @@ fn write_in_transaction(
     };
 
     let at = now().naive_utc();
-    let data = encode_fields(&new_fields);
+    let data = encode_fields(&new_fields)?;
     let update = RecordUpdate {
         version: current.version + 1,
         data: &data,
@@ -339,7 +339,7 @@ fn write_in_transaction(
         ..current
     };
     record_history(conn, &row, operation, changed)?;
-    snapshot(&row)
+    Ok(RecordSnapshot { meta: row.meta()?, fields: new_fields })
 }
 
 /// Appends the revision and the change of a committed write, in the write's

@@ -115,8 +115,14 @@ pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-pub fn encode_fields(fields: &Fields) -> String {
-    Value::Object(fields.clone()).to_string()
+/// Serializes record fields for the `data` column.
+///
+/// # Errors
+///
+/// [`StorageError::Corrupt`] if serialization fails, which a map of JSON
+/// values with string keys does not do.
+pub fn encode_fields(fields: &Fields) -> Result<String, StorageError> {
+    serde_json::to_string(fields).map_err(|error| StorageError::Corrupt(format!("record data cannot be serialized: {error}")))
 }
 
 fn decode_fields(text: &str) -> Result<Fields, StorageError> {
