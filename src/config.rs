@@ -21,9 +21,9 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub bind: String,
-    /// Largest request body accepted, in bytes.
+    /// Maximum request body size, in bytes.
     pub max_body_bytes: usize,
-    /// Deepest nesting of arrays and objects accepted in a request body.
+    /// Maximum nesting depth of arrays and objects in a request body.
     pub max_json_depth: usize,
     /// Status of a stale-version response: 409 (default) or 412.
     pub conflict_status: u16,

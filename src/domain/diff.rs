@@ -45,7 +45,7 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     a == b || nested(a, b) || nested(b, a)
 }
 
-/// What one committed revision changed, for conflict reports.
+/// The changes of one committed revision, for conflict reports.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RevisionSummary {
     pub version: i64,

@@ -16,7 +16,7 @@ pub const MAX_COLLECTION_NAME_LEN: usize = 63;
 #[serde(transparent)]
 pub struct CollectionName(String);
 
-/// Why a string is not a valid collection name.
+/// The reason a string is not a valid collection name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidCollectionName {
     #[error("collection name is empty")]

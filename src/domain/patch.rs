@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::record::{Fields, RESERVED_MEMBERS, strip_reserved};
 
-/// Why a JSON Patch document could not be applied.
+/// A JSON Patch document that could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatchError {
     #[error("JSON Patch operation {index} changes the server-managed member or whole document at {path:?}; only \"test\" may refer to it")]
@@ -75,7 +75,7 @@ pub fn apply_json_patch(wire: &Value, patch: &Patch) -> Result<Fields, PatchErro
     }
 }
 
-/// The pointers an operation writes to or moves from.
+/// Returns the pointers an operation writes to or moves from.
 fn written_paths(operation: &PatchOperation) -> Vec<&str> {
     match operation {
         PatchOperation::Add(op) => vec![op.path.as_str()],

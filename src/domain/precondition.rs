@@ -40,7 +40,7 @@ impl fmt::Display for EntityTag {
     }
 }
 
-/// Why a precondition header or member could not be used.
+/// A precondition header or member that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreconditionError {
     #[error("{header} is not a valid entity tag list: {reason}")]
@@ -85,7 +85,7 @@ impl IfNoneMatch {
     }
 
     /// Evaluates the header against the current tag with weak comparison:
-    /// `true` means "the client already has it" (a GET answers 304).
+    /// `true` means "the client already has it", so a GET returns 304.
     pub fn matches(&self, current: &EntityTag) -> bool {
         match self {
             Self::Any => true,

@@ -13,7 +13,7 @@ pub const RESERVED_MEMBERS: [&str; 6] = ["id", "version", "created_at", "updated
 /// A record's user fields: the JSON object without reserved members.
 pub type Fields = Map<String, Value>;
 
-/// What a committed write did, as stored in revisions and the change feed.
+/// The kind of a committed write, as stored in revisions and the change feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     Created,
@@ -77,7 +77,7 @@ pub fn to_wire(meta: &RecordMeta, fields: &Fields) -> Value {
     Value::Object(object)
 }
 
-/// Why a request body cannot be read as a record.
+/// A request body that cannot be read as a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
     #[error("the body must be a JSON object")]

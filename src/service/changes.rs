@@ -60,9 +60,9 @@ pub fn decode_position(text: &str) -> Result<FeedPosition, ServiceError> {
     if txid < 0 || seq < 0 {
         return Err(invalid());
     }
-    // TODO: a well-formed cursor past the end of the feed is accepted and
-    // waits for changes that will never sort after it; checking it against
-    // the feed's current end would catch forged cursors.
+    // TODO: a well-formed cursor past the end of the feed is accepted, so its
+    // holder never sees another change. Checking it against the feed's
+    // current end would catch forged cursors.
     Ok(FeedPosition { txid, seq })
 }
 

@@ -12,7 +12,7 @@ pub enum StorageError {
     /// A unique constraint rejected an insert.
     #[error("unique constraint violated")]
     UniqueViolation,
-    /// A stored value could not be decoded; the database holds something this
+    /// A stored value could not be decoded; the database contains something this
     /// version of Versa did not write.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),

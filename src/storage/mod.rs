@@ -1,7 +1,7 @@
 //! Storage: the diesel schema, connections and pools for SQLite and
 //! PostgreSQL, embedded migrations, and one function per query.
 //!
-//! Every function here is synchronous and takes a connection; callers run
+//! Every function here is synchronous and takes a connection. Callers run
 //! them on the blocking pool through [`Database::read`] and
 //! [`Database::write`], never on an actix worker thread.
 

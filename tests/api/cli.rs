@@ -31,7 +31,7 @@ fn serve_logs_address_and_stops_on_sigterm() {
     }
     let address = address.unwrap_or_else(|| panic!("no listening line; last line: {line}"));
     assert!(address.starts_with("127.0.0.1:"), "{address}");
-    let status = ureq_get(&format!("http://{address}/healthz"));
+    let status = get_status(&format!("http://{address}/healthz"));
     assert_eq!(status, 200);
     assert!(dir.path().join("test.db").exists());
 
@@ -77,7 +77,7 @@ fn bad_config_stops_with_message() {
 }
 
 /// A minimal blocking GET that returns the status code.
-fn ureq_get(url: &str) -> u16 {
+fn get_status(url: &str) -> u16 {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();

@@ -71,8 +71,8 @@ async fn failed_create_frees_key(app: TestApp) {
     let id = "0190a0b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b";
     app.create("notes", json!({"id": id})).await;
 
-    let taken = create_with_key(&app, "key-3", &json!({"id": id})).await;
-    expect_problem(taken, StatusCode::CONFLICT, "record-exists").await;
+    let first_attempt = create_with_key(&app, "key-3", &json!({"id": id})).await;
+    expect_problem(first_attempt, StatusCode::CONFLICT, "record-exists").await;
 
     let retry = create_with_key(&app, "key-3", &json!({"id": id})).await;
     expect_problem(retry, StatusCode::CONFLICT, "record-exists").await;

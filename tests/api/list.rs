@@ -114,13 +114,13 @@ async fn list_rejects_bad_parameters(app: TestApp) {
 }
 
 async fn list_omits_deleted_records(app: TestApp) {
-    let kept = app.create("notes", json!({"n": 1})).await;
-    let gone = app.create("notes", json!({"n": 2})).await;
-    let path = format!("/v1/notes/{}", gone["id"].as_str().unwrap());
+    let kept_record = app.create("notes", json!({"n": 1})).await;
+    let deleted_record = app.create("notes", json!({"n": 2})).await;
+    let path = format!("/v1/notes/{}", deleted_record["id"].as_str().unwrap());
     let deleted = app.request(Method::DELETE, &path).header("if-match", "\"1\"").send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
 
     let (ids, _) = page_ids(&app, "/v1/notes").await;
 
-    assert_eq!(ids, vec![kept["id"].as_str().unwrap()]);
+    assert_eq!(ids, vec![kept_record["id"].as_str().unwrap()]);
 }
