@@ -45,7 +45,11 @@ impl Application {
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
         let address = listener.local_addr().map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
 
-        let state = web::Data::new(AppState { db: db.clone(), settings: Arc::new(settings.server.clone()) });
+        let state = web::Data::new(AppState {
+            db: db.clone(),
+            settings: Arc::new(settings.server.clone()),
+            collections: Arc::new(settings.collections.clone()),
+        });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

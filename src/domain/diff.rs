@@ -45,6 +45,53 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     a == b || nested(a, b) || nested(b, a)
 }
 
+/// Applies the changes `yours` made relative to `base` onto `current`: each
+/// changed path takes your value, or is removed where you removed it.
+/// Returns `None` when a change cannot be placed because a parent in
+/// `current` is no longer an object.
+pub fn apply_changes(base: &Value, yours: &Value, current: &Value) -> Option<Value> {
+    let mut result = current.clone();
+    for path in changed_paths(base, yours) {
+        match yours.pointer(&path) {
+            Some(value) => set_at(&mut result, &path, value.clone())?,
+            None => remove_at(&mut result, &path),
+        }
+    }
+    Some(result)
+}
+
+fn tokens(path: &str) -> Vec<String> {
+    path.split('/').skip(1).map(|token| token.replace("~1", "/").replace("~0", "~")).collect()
+}
+
+/// Sets the member at `path`, creating missing parent objects.
+fn set_at(target: &mut Value, path: &str, value: Value) -> Option<()> {
+    let tokens = tokens(path);
+    let (last, parents) = tokens.split_last()?;
+    let mut node = target;
+    for token in parents {
+        node = node.as_object_mut()?.entry(token.clone()).or_insert_with(|| Value::Object(Default::default()));
+    }
+    node.as_object_mut()?.insert(last.clone(), value);
+    Some(())
+}
+
+/// Removes the member at `path`; a path that is already gone is fine.
+fn remove_at(target: &mut Value, path: &str) {
+    let tokens = tokens(path);
+    let Some((last, parents)) = tokens.split_last() else { return };
+    let mut node = target;
+    for token in parents {
+        match node.get_mut(token.as_str()) {
+            Some(child) => node = child,
+            None => return,
+        }
+    }
+    if let Some(object) = node.as_object_mut() {
+        object.remove(last.as_str());
+    }
+}
+
 /// The changes of one committed revision, for conflict reports.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RevisionSummary {
@@ -194,6 +241,25 @@ mod tests {
         let base = json!({"a": 1});
         assert!(three_way(&base, &base, &json!({"a": 2}), &[]).is_empty());
         assert!(three_way(&base, &json!({"a": 2}), &base, &[]).is_empty());
+    }
+
+    #[test]
+    fn apply_changes_merges_disjoint_edits() {
+        let base = json!({"title": "a", "address": {"city": "A", "zip": "1"}, "gone": 1, "tags": ["x"]});
+        let yours = json!({"title": "a", "address": {"city": "B", "zip": "1"}, "tags": ["x"], "new": {"k": 1}});
+        let current = json!({"title": "theirs", "address": {"city": "A", "zip": "2"}, "gone": 1, "tags": ["x", "y"]});
+
+        let merged = apply_changes(&base, &yours, &current).unwrap();
+
+        assert_eq!(merged, json!({"title": "theirs", "address": {"city": "B", "zip": "2"}, "tags": ["x", "y"], "new": {"k": 1}}));
+    }
+
+    #[test]
+    fn apply_changes_creates_and_rejects_parents() {
+        let base = json!({"a": {"b": 1}});
+        let yours = json!({"a": {"b": 2}});
+        assert_eq!(apply_changes(&base, &yours, &json!({})), Some(json!({"a": {"b": 2}})));
+        assert_eq!(apply_changes(&base, &yours, &json!({"a": 5})), None);
     }
 
     proptest::proptest! {

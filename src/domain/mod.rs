@@ -1,6 +1,7 @@
 //! Domain rules with no I/O: names, record wire form, entity tags and
 //! preconditions, patch application and the three-way field comparison.
 
+pub mod collection;
 pub mod diff;
 pub mod names;
 pub mod patch;

@@ -34,6 +34,8 @@ pub enum ApiError {
     UnsupportedMediaType { detail: String },
     #[error("no route for this path")]
     RouteNotFound,
+    #[error("collection {name} is not declared")]
+    CollectionNotFound { name: String },
     #[error("method not allowed")]
     MethodNotAllowed { allow: String },
     #[error("database not ready: {detail}")]
@@ -107,6 +109,12 @@ impl ApiError {
                 Problem::new(S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", detail.clone())
             }
             Self::RouteNotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found", "No endpoint exists at this path."),
+            Self::CollectionNotFound { name } => Problem::new(
+                S::NOT_FOUND,
+                "collection-not-found",
+                "Collection not found",
+                format!("The collection {name:?} is not declared in the server configuration."),
+            ),
             Self::MethodNotAllowed { allow } => Problem::new(
                 S::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -179,6 +187,19 @@ fn service_problem(error: &ServiceError) -> Problem {
             "Revision not found",
             format!("The record has no revision {version}."),
         ),
+        ServiceError::RestoreOfDeletion { version } => Problem::new(
+            S::UNPROCESSABLE_ENTITY,
+            "restore-of-deletion",
+            "Cannot restore a deletion",
+            format!("Revision {version} is the record's deletion; restore a version from before it."),
+        ),
+        ServiceError::Validation(errors) => Problem::new(
+            S::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            "Record fails the collection's schema",
+            format!("The record does not match the collection's JSON Schema ({} errors); nothing was written.", errors.len()),
+        )
+        .with("errors", serde_json::to_value(errors).unwrap_or(Value::Array(Vec::new()))),
         ServiceError::IdempotencyKeyReused => Problem::new(
             S::UNPROCESSABLE_ENTITY,
             "idempotency-key-reused",

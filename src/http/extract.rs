@@ -3,6 +3,7 @@
 //! the same problem body as any other error.
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderMap};
@@ -14,36 +15,47 @@ use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::domain::collection::CollectionPolicy;
 use crate::domain::{CollectionName, IfMatch, IfNoneMatch, RecordId};
 
-/// `{collection}` from the URL.
+/// `{collection}` from the URL, with the collection's rules.
 #[derive(Debug, Clone)]
-pub struct CollectionPath(pub CollectionName);
+pub struct CollectionPath {
+    pub name: CollectionName,
+    pub policy: Arc<CollectionPolicy>,
+}
 
 impl FromRequest for CollectionPath {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(collection_from(req).map(Self))
+        ready(collection_from(req))
     }
 }
 
-fn collection_from(req: &HttpRequest) -> Result<CollectionName, ApiError> {
+fn collection_from(req: &HttpRequest) -> Result<CollectionPath, ApiError> {
     let raw = req.match_info().get("collection").unwrap_or_default();
     if raw.starts_with('_') {
         // A system path such as /v1/_changes with a method it does not have.
         return Err(super::route_error(req));
     }
-    CollectionName::parse(raw).map_err(|error| {
+    let name = CollectionName::parse(raw).map_err(|error| {
         ApiError::bad_request("invalid-collection-name", format!("Invalid collection name {raw:?}: {error}."))
-    })
+    })?;
+
+    let policy = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => state.collections.get(&name).ok_or_else(|| ApiError::CollectionNotFound { name: name.to_string() })?,
+        None => Arc::default(),
+    };
+    Ok(CollectionPath { name, policy })
 }
 
 /// `{collection}/{id}` from the URL.
 #[derive(Debug, Clone)]
 pub struct RecordPath {
     pub collection: CollectionName,
+    pub policy: Arc<CollectionPolicy>,
     pub id: RecordId,
 }
 
@@ -61,7 +73,7 @@ fn record_path_from(req: &HttpRequest) -> Result<RecordPath, ApiError> {
     let raw = req.match_info().get("id").unwrap_or_default();
     let id = RecordId::parse(raw)
         .map_err(|_| ApiError::bad_request("invalid-record-id", format!("Invalid record id {raw:?}: record ids are UUIDs.")))?;
-    Ok(RecordPath { collection, id })
+    Ok(RecordPath { collection: collection.name, policy: collection.policy, id })
 }
 
 /// `{version}` from a revision URL.
@@ -267,6 +279,28 @@ impl FromRequest for JsonBody {
             }
             Ok(Self { body_type, value })
         })
+    }
+}
+
+/// A JSON body that may be absent: a request without `Content-Type` and
+/// without content is `None`; anything else must be a valid [`JsonBody`].
+#[derive(Debug, Clone)]
+pub struct OptionalJsonBody(pub Option<JsonBody>);
+
+impl FromRequest for OptionalJsonBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let headers = req.headers();
+        let empty = !headers.contains_key(header::CONTENT_TYPE)
+            && headers.get(header::CONTENT_LENGTH).is_none_or(|length| length.as_bytes() == b"0")
+            && !headers.contains_key(header::TRANSFER_ENCODING);
+        if empty {
+            return Box::pin(async { Ok(Self(None)) });
+        }
+        let body = JsonBody::from_request(req, payload);
+        Box::pin(async move { body.await.map(|body| Self(Some(body))) })
     }
 }
 

@@ -21,6 +21,8 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use tracing_actix_web::RequestId;
 
 use crate::config::ServerSettings;
+use crate::domain::collection::{CollectionPolicy, Collections};
+use crate::service::records::WriteContext;
 use crate::service::ServiceError;
 use crate::storage::Database;
 use error::ApiError;
@@ -33,11 +35,17 @@ pub const ANONYMOUS: &str = "anonymous";
 pub struct AppState {
     pub db: Database,
     pub settings: Arc<ServerSettings>,
+    pub collections: Arc<Collections>,
 }
 
 impl AppState {
     pub fn principal(&self) -> &str {
         ANONYMOUS
+    }
+
+    /// Returns who writes and under which collection rules.
+    pub fn write_context(&self, policy: &Arc<CollectionPolicy>) -> WriteContext {
+        WriteContext { principal: self.principal().to_owned(), policy: policy.clone() }
     }
 
     /// Converts a service error for the client. A stale write gets the
@@ -93,6 +101,7 @@ routes! {
     delete "/v1/{collection}/{id}" => records::delete,
     get "/v1/{collection}/{id}/versions" => versions::history,
     get "/v1/{collection}/{id}/versions/{version}" => versions::revision,
+    post "/v1/{collection}/{id}/versions/{version}/restore" => versions::restore,
 }
 
 /// Returns the error for a request that no route matched.

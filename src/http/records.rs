@@ -6,27 +6,29 @@ use json_patch::Patch;
 
 use super::error::ApiError;
 use super::extract::{BodyType, CollectionPath, IdempotencyKeyHeader, JsonBody, Preconditions, QueryPairs, RecordPath};
-use super::response::{json_response, list_etag, not_modified, record_response, to_json};
+use super::response::{json_response, list_etag, not_modified, record_response, to_json, written_response};
 use super::AppState;
 use crate::domain::record::split_body;
 use crate::domain::{EntityTag, ExpectedVersion, IfNoneMatch};
 use crate::service::list::{self, ListParams};
-use crate::service::records::{self, Change, Created, IdempotencyKey, WriteContext};
+use crate::service::records::{self, Change, Created, IdempotencyKey};
 use crate::service::ServiceError;
 use crate::domain::precondition::PreconditionError;
 
 /// `POST /v1/{collection}`
 pub async fn create(
     state: web::Data<AppState>,
-    CollectionPath(collection): CollectionPath,
+    collection: CollectionPath,
     idempotency_key: IdempotencyKeyHeader,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     body.require(&[BodyType::Json])?;
-    let key = idempotency_key.0.map(|key| IdempotencyKey::new(key, &collection, &body.value));
+    let key = idempotency_key.0.map(|key| IdempotencyKey::new(key, &collection.name, &body.value));
 
-    let created = records::create(&state.db, &collection, body.value, state.principal(), key).await?;
+    let context = state.write_context(&collection.policy);
+    let created = records::create(&state.db, &collection.name, body.value, &context, key).await?;
 
+    let collection = collection.name;
     Ok(match created {
         Created::New(record) => super::response::created(&collection, &record.to_wire(), false),
         Created::Replayed(body) => super::response::created(&collection, &body, true),
@@ -58,7 +60,7 @@ pub async fn replace(state: web::Data<AppState>, path: RecordPath, preconditions
                     "If-None-Match: * creates a new record, so the request must not also state an expected version.",
                 ));
             }
-            let record = records::insert_new(&state.db, &path.collection, path.id, split.fields, state.principal()).await?;
+            let record = records::insert_new(&state.db, &path.collection, path.id, split.fields, &state.write_context(&path.policy)).await?;
             return Ok(super::response::created(&path.collection, &record.to_wire(), false));
         }
         Some(IfNoneMatch::Tags(_)) => return Err(ServiceError::Precondition(PreconditionError::UnsupportedIfNoneMatch).into()),
@@ -66,10 +68,10 @@ pub async fn replace(state: web::Data<AppState>, path: RecordPath, preconditions
     }
 
     let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), split.version).map_err(ServiceError::from)?;
-    let record = records::write(&state.db, &path.collection, path.id, expected, Change::Replace(split.fields), &state.write_context())
+    let written = records::write(&state.db, &path.collection, path.id, expected, Change::Replace(split.fields), &state.write_context(&path.policy))
         .await
         .map_err(|error| state.api_error(error))?;
-    Ok(record_response(StatusCode::OK, &record))
+    Ok(written_response(&written))
 }
 
 /// `PATCH /v1/{collection}/{id}`: JSON Merge Patch or JSON Patch, chosen by
@@ -92,10 +94,10 @@ pub async fn patch(state: web::Data<AppState>, path: RecordPath, preconditions: 
         }
     };
 
-    let record = records::write(&state.db, &path.collection, path.id, expected, change, &state.write_context())
+    let written = records::write(&state.db, &path.collection, path.id, expected, change, &state.write_context(&path.policy))
         .await
         .map_err(|error| state.api_error(error))?;
-    Ok(record_response(StatusCode::OK, &record))
+    Ok(written_response(&written))
 }
 
 /// `DELETE /v1/{collection}/{id}`: the expected version comes from
@@ -115,7 +117,7 @@ pub async fn delete(state: web::Data<AppState>, path: RecordPath, preconditions:
     }
     let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), version).map_err(ServiceError::from)?;
 
-    records::write(&state.db, &path.collection, path.id, expected, Change::Delete, &state.write_context())
+    records::write(&state.db, &path.collection, path.id, expected, Change::Delete, &state.write_context(&path.policy))
         .await
         .map_err(|error| state.api_error(error))?;
     Ok(HttpResponse::NoContent().finish())
@@ -124,13 +126,13 @@ pub async fn delete(state: web::Data<AppState>, path: RecordPath, preconditions:
 /// `GET /v1/{collection}`
 pub async fn list(
     state: web::Data<AppState>,
-    CollectionPath(collection): CollectionPath,
+    collection: CollectionPath,
     preconditions: Preconditions,
     query: QueryPairs,
 ) -> Result<HttpResponse, ApiError> {
     let params = ListParams::parse(query.0)?;
 
-    let page = list::list(&state.db, &collection, params).await?;
+    let page = list::list(&state.db, &collection.name, params).await?;
 
     let body = to_json(&page)?;
     let etag = list_etag(&body);
@@ -139,10 +141,3 @@ pub async fn list(
     }
     Ok(json_response(StatusCode::OK, body, Some(&etag)))
 }
-
-impl AppState {
-    pub fn write_context(&self) -> WriteContext {
-        WriteContext { principal: self.principal().to_owned(), allow_unconditional_writes: false }
-    }
-}
-

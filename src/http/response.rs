@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use super::error::ApiError;
 use crate::domain::{CollectionName, EntityTag};
 use crate::service::RecordSnapshot;
+use crate::service::records::Written;
 
 /// Records are revalidated on every use: a client keeps its copy and sends
 /// If-None-Match, which costs a 304 when nothing changed.
@@ -36,6 +37,16 @@ pub fn json_response(status: StatusCode, body: Vec<u8>, etag: Option<&EntityTag>
 pub fn record_response(status: StatusCode, record: &RecordSnapshot) -> HttpResponse {
     let etag = EntityTag::for_version(record.meta.version);
     json_response(status, record.to_wire().to_string().into_bytes(), Some(&etag))
+}
+
+/// Builds the 200 of a committed write, with `Versa-Merged: true` when a
+/// stale write was merged into the current version.
+pub fn written_response(written: &Written) -> HttpResponse {
+    let mut response = record_response(StatusCode::OK, &written.record);
+    if written.merged {
+        response.headers_mut().insert(header::HeaderName::from_static("versa-merged"), header::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 /// Builds a 201 for a record given in wire form, with `Location` and `ETag`.

@@ -5,9 +5,12 @@ use actix_web::{HttpResponse, web};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{QueryPairs, RecordPath, VersionPath, unknown_parameter};
-use super::response::{json_response, to_json};
-use crate::domain::EntityTag;
+use super::extract::{BodyType, OptionalJsonBody, Preconditions, QueryPairs, RecordPath, VersionPath, unknown_parameter};
+use super::response::{json_response, to_json, written_response};
+use crate::domain::record::split_body;
+use crate::domain::{EntityTag, ExpectedVersion};
+use crate::service::ServiceError;
+use crate::service::records::{self, Change};
 use crate::service::list::{DEFAULT_LIMIT, parse_limit};
 use crate::service::versions;
 
@@ -35,4 +38,29 @@ pub async fn revision(state: web::Data<AppState>, path: RecordPath, version: Ver
 
     let etag = EntityTag::for_version(record.meta.version);
     Ok(json_response(StatusCode::OK, record.to_wire().to_string().into_bytes(), Some(&etag)))
+}
+
+/// `POST /v1/{collection}/{id}/versions/{version}/restore`: writes that
+/// revision's fields as a new version, undeleting a deleted record. The
+/// expected version comes from `If-Match` or a body `{"version": n}`.
+pub async fn restore(
+    state: web::Data<AppState>,
+    path: RecordPath,
+    version: VersionPath,
+    preconditions: Preconditions,
+    body: OptionalJsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let body_version = match body.0 {
+        None => None,
+        Some(body) => {
+            body.require(&[BodyType::Json])?;
+            split_body(body.value, Some(&path.id)).map_err(ServiceError::from)?.version
+        }
+    };
+    let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), body_version).map_err(ServiceError::from)?;
+
+    let written = records::write(&state.db, &path.collection, path.id, expected, Change::Restore(version.0), &state.write_context(&path.policy))
+        .await
+        .map_err(|error| state.api_error(error))?;
+    Ok(written_response(&written))
 }

@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use super::ServiceError;
 use super::records::Change;
-use crate::domain::diff::{FieldConflict, RevisionSummary, three_way};
+use crate::domain::collection::{CollectionPolicy, MergePolicy};
+use crate::domain::diff::{FieldConflict, RevisionSummary, apply_changes, three_way};
 use crate::domain::patch::{apply_json_patch, apply_merge_patch};
 use crate::domain::record::{Fields, to_wire};
 use crate::domain::{ExpectedVersion, RecordMeta};
@@ -29,10 +30,68 @@ pub struct ConflictReport {
     pub weak_tags_only: bool,
 }
 
+/// The outcome of a stale write.
+pub enum Resolution {
+    /// The write's changes, applied onto the current fields.
+    Merged(Fields),
+    Conflict(Box<ConflictReport>),
+}
+
+/// Decides a stale write: in a `merge = "fields"` collection a write whose
+/// changes overlap no change made since its base is merged into the
+/// current version; otherwise it is a conflict.
+pub fn resolve(
+    conn: &mut DbConnection,
+    current: &RecordRow,
+    expected: &ExpectedVersion,
+    change: &Change,
+    policy: &CollectionPolicy,
+) -> Result<Resolution, ServiceError> {
+    let comparison = compare(conn, current, expected, change, policy)?;
+
+    if policy.merge == MergePolicy::Fields
+        && !current.deleted
+        && comparison.conflicts.is_empty()
+        && let (Some(base), Some(yours)) = (&comparison.base_fields, &comparison.yours)
+        && let Some(Value::Object(merged)) =
+            apply_changes(&Value::Object(base.clone()), &Value::Object(yours.clone()), &Value::Object(current.fields()?))
+    {
+        return Ok(Resolution::Merged(merged));
+    }
+
+    Ok(Resolution::Conflict(Box::new(comparison.into_report(current)?)))
+}
+
 /// Builds the report for a write based on `expected` that found `current`.
-pub fn build(conn: &mut DbConnection, current: &RecordRow, expected: &ExpectedVersion, change: &Change) -> Result<ConflictReport, ServiceError> {
+pub fn build(
+    conn: &mut DbConnection,
+    current: &RecordRow,
+    expected: &ExpectedVersion,
+    change: &Change,
+    policy: &CollectionPolicy,
+) -> Result<ConflictReport, ServiceError> {
+    compare(conn, current, expected, change, policy)?.into_report(current)
+}
+
+/// The three-way comparison of a stale write, before it becomes a merge or
+/// a report.
+struct Comparison {
+    expected: ExpectedVersion,
+    base_fields: Option<Fields>,
+    yours: Option<Fields>,
+    history: Vec<RevisionSummary>,
+    conflicts: Vec<FieldConflict>,
+    base_available: bool,
+}
+
+fn compare(
+    conn: &mut DbConnection,
+    current: &RecordRow,
+    expected: &ExpectedVersion,
+    change: &Change,
+    policy: &CollectionPolicy,
+) -> Result<Comparison, ServiceError> {
     let meta = current.meta()?;
-    let current_fields = current.fields()?;
     let base_version = expected.base_version().filter(|version| *version < current.version);
 
     let base = match base_version {
@@ -47,32 +106,52 @@ pub fn build(conn: &mut DbConnection, current: &RecordRow, expected: &ExpectedVe
         None => Vec::new(),
     };
 
-    let mut conflicts = Vec::new();
-    if let Some(base) = base.as_ref().filter(|base| base.operation != "deleted")
-        && !current.deleted
-    {
-        let base_fields = base.fields()?;
-        let base_meta = RecordMeta { version: base.version, deleted: false, ..meta.clone() };
-        if let Some(yours) = yours_from_base(&base_meta, &base_fields, change) {
-            conflicts = three_way(
-                &Value::Object(base_fields),
-                &Value::Object(yours),
-                &Value::Object(current_fields.clone()),
-                &history,
-            );
-        }
+    let mut comparison = Comparison {
+        expected: expected.clone(),
+        base_fields: None,
+        yours: None,
+        history,
+        conflicts: Vec::new(),
+        base_available: base.is_some(),
+    };
+    let Some(base) = base.filter(|base| base.operation != "deleted") else {
+        return Ok(comparison);
+    };
+    if current.deleted {
+        return Ok(comparison);
     }
 
-    Ok(ConflictReport {
-        current: to_wire(&meta, &current_fields),
-        current_version: current.version,
-        expected_version: expected.base_version(),
-        revisions_since: history,
-        conflicts,
-        base_available: base.is_some(),
-        deleted: current.deleted,
-        weak_tags_only: matches!(expected, ExpectedVersion::Never { .. }),
-    })
+    let base_fields = base.fields()?;
+    let base_meta = RecordMeta { version: base.version, deleted: false, ..meta };
+    if let Some(yours) = yours_from_base(&base_meta, &base_fields, change) {
+        comparison.conflicts = three_way(
+            &Value::Object(base_fields.clone()),
+            &Value::Object(yours.clone()),
+            &Value::Object(current.fields()?),
+            &comparison.history,
+        )
+        .into_iter()
+        .filter(|conflict| !policy.is_last_writer_wins(&conflict.path))
+        .collect();
+        comparison.yours = Some(yours);
+    }
+    comparison.base_fields = Some(base_fields);
+    Ok(comparison)
+}
+
+impl Comparison {
+    fn into_report(self, current: &RecordRow) -> Result<ConflictReport, ServiceError> {
+        Ok(ConflictReport {
+            current: to_wire(&current.meta()?, &current.fields()?),
+            current_version: current.version,
+            expected_version: self.expected.base_version(),
+            revisions_since: self.history,
+            conflicts: self.conflicts,
+            base_available: self.base_available,
+            deleted: current.deleted,
+            weak_tags_only: matches!(self.expected, ExpectedVersion::Never { .. }),
+        })
+    }
 }
 
 /// Rebuilds the writer's record as if its change had been applied to its
@@ -82,7 +161,7 @@ fn yours_from_base(base_meta: &RecordMeta, base: &Fields, change: &Change) -> Op
         Change::Replace(fields) => Some(fields.clone()),
         Change::MergePatch(patch) => Some(apply_merge_patch(base, patch)),
         Change::JsonPatch(patch) => apply_json_patch(&to_wire(base_meta, base), patch).ok(),
-        Change::Delete => None,
+        Change::Delete | Change::Restore(_) => None,
     }
 }
 

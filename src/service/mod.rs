@@ -56,6 +56,10 @@ pub enum ServiceError {
     Patch(#[from] PatchError),
     #[error("revision not found")]
     RevisionNotFound { version: i64 },
+    #[error("restore of a deletion")]
+    RestoreOfDeletion { version: i64 },
+    #[error("record fails the collection's schema")]
+    Validation(Vec<crate::domain::collection::SchemaError>),
     #[error("idempotency key reused for a different request")]
     IdempotencyKeyReused,
     #[error("idempotency key in use by a request still running")]

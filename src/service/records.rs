@@ -6,7 +6,11 @@ use json_patch::Patch;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{RecordSnapshot, ServiceError, conflict};
+use std::sync::Arc;
+
+use super::conflict::{self, Resolution};
+use super::{RecordSnapshot, ServiceError};
+use crate::domain::collection::CollectionPolicy;
 use crate::domain::diff::changed_paths;
 use crate::domain::patch::{apply_json_patch, apply_merge_patch};
 use crate::domain::record::{Fields, to_wire};
@@ -29,13 +33,15 @@ pub enum Change {
     JsonPatch(Patch),
     /// DELETE: leaves a tombstone.
     Delete,
+    /// Writes this revision's fields as a new version; also undeletes.
+    Restore(i64),
 }
 
 /// The writer and the collection's write rules.
 #[derive(Debug, Clone)]
 pub struct WriteContext {
     pub principal: String,
-    pub allow_unconditional_writes: bool,
+    pub policy: Arc<CollectionPolicy>,
 }
 
 /// Reads the current version of a record.
@@ -94,20 +100,24 @@ pub enum Created {
 ///
 /// [`ServiceError::AlreadyExists`] when the id is taken (a tombstone counts),
 /// [`ServiceError::IdempotencyKeyReused`] and
-/// [`ServiceError::IdempotencyKeyInFlight`] for key misuse, and body errors.
+/// [`ServiceError::IdempotencyKeyInFlight`] for key misuse,
+/// [`ServiceError::Validation`] when the record fails the collection's
+/// schema, and body errors.
 pub async fn create(
     db: &Database,
     collection: &CollectionName,
     body: Value,
-    principal: &str,
+    context: &WriteContext,
     idempotency_key: Option<IdempotencyKey>,
 ) -> Result<Created, ServiceError> {
     let split = crate::domain::record::split_body(body, None)?;
     let id = split.id.unwrap_or_else(RecordId::generate);
+    let principal = context.principal.as_str();
 
     let Some(key) = idempotency_key else {
-        return insert_new(db, collection, id, split.fields, principal).await.map(Created::New);
+        return insert_new(db, collection, id, split.fields, context).await.map(Created::New);
     };
+    context.policy.validate(&split.fields).map_err(ServiceError::Validation)?;
 
     if let Some(stored) = claim_key(db, collection, principal, &key).await? {
         return Ok(Created::Replayed(stored));
@@ -199,10 +209,12 @@ fn stored_response(existing: IdempotencyRow, request_hash: &str) -> Result<Optio
 }
 
 /// Creates a record at a given id (POST, or PUT with `If-None-Match: *`).
-pub async fn insert_new(db: &Database, collection: &CollectionName, id: RecordId, fields: Fields, principal: &str) -> Result<RecordSnapshot, ServiceError> {
+pub async fn insert_new(db: &Database, collection: &CollectionName, id: RecordId, fields: Fields, context: &WriteContext) -> Result<RecordSnapshot, ServiceError> {
+    context.policy.validate(&fields).map_err(ServiceError::Validation)?;
+
     let result = {
         let collection = collection.to_string();
-        let principal = principal.to_owned();
+        let principal = context.principal.clone();
         db.write(move |conn| insert_in_transaction(conn, &collection, id, fields, &principal)).await
     };
     match result {
@@ -257,16 +269,28 @@ fn insert_in_transaction(conn: &mut DbConnection, collection: &str, id: RecordId
     Ok(RecordSnapshot { meta: row.meta()?, fields })
 }
 
+/// A committed write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub record: RecordSnapshot,
+    /// `true` when a stale write was merged into the current version
+    /// (collections with `merge = "fields"`).
+    pub merged: bool,
+}
+
 /// Applies `change` to an existing record if `expected` matches its current
-/// version.
+/// version, or, in a `merge = "fields"` collection, if the stale write
+/// touches no field that others changed since its base.
 ///
 /// # Errors
 ///
 /// [`ServiceError::PreconditionRequired`] without an expected version,
-/// [`ServiceError::NotFound`] for a record that never existed, and
+/// [`ServiceError::NotFound`] for a record that never existed,
 /// [`ServiceError::Conflict`] when the version is stale or the record was
-/// deleted. A refused write changes nothing. A client that gets a conflict
-/// must read the record again, merge, and retry with the new version.
+/// deleted, and [`ServiceError::Validation`] when the result fails the
+/// collection's schema. A refused write changes nothing. A client that gets
+/// a conflict must read the record again, merge, and retry with the new
+/// version.
 pub async fn write(
     db: &Database,
     collection: &CollectionName,
@@ -274,15 +298,15 @@ pub async fn write(
     expected: Option<ExpectedVersion>,
     change: Change,
     context: &WriteContext,
-) -> Result<RecordSnapshot, ServiceError> {
+) -> Result<Written, ServiceError> {
     let expected = expected.ok_or(ServiceError::PreconditionRequired)?;
-    if expected == ExpectedVersion::Any && !context.allow_unconditional_writes {
+    if expected == ExpectedVersion::Any && !context.policy.allow_unconditional_writes {
         return Err(ServiceError::UnconditionalWriteNotAllowed);
     }
 
     let collection = collection.to_string();
-    let principal = context.principal.clone();
-    db.write(move |conn| write_in_transaction(conn, &collection, id, &expected, &change, &principal)).await
+    let context = context.clone();
+    db.write(move |conn| write_in_transaction(conn, &collection, id, &expected, &change, &context)).await
 }
 
 fn write_in_transaction(
@@ -291,23 +315,29 @@ fn write_in_transaction(
     id: RecordId,
     expected: &ExpectedVersion,
     change: &Change,
-    principal: &str,
-) -> Result<RecordSnapshot, ServiceError> {
+    context: &WriteContext,
+) -> Result<Written, ServiceError> {
     let key = id.to_key();
     records::lock_record(conn, collection, &key)?;
 
+    // A restore may write over a tombstone; every other write to a deleted
+    // record is a conflict.
     let current = records::find(conn, collection, &key)?.ok_or(ServiceError::NotFound)?;
-    if current.deleted || !expected.matches(current.version) {
-        return Err(ServiceError::Conflict(Box::new(conflict::build(conn, &current, expected, change)?)));
-    }
+    let applies = expected.matches(current.version) && (!current.deleted || matches!(change, Change::Restore(_)));
 
     let old_fields = current.fields()?;
-    let (new_fields, operation) = match change {
-        Change::Replace(fields) => (fields.clone(), Operation::Updated),
-        Change::MergePatch(patch) => (apply_merge_patch(&old_fields, patch), Operation::Updated),
-        Change::JsonPatch(patch) => (apply_json_patch(&to_wire(&current.meta()?, &old_fields), patch)?, Operation::Updated),
-        Change::Delete => (Fields::new(), Operation::Deleted),
+    let (new_fields, operation, merged) = if applies {
+        let (fields, operation) = apply_change(conn, &current, &old_fields, change)?;
+        (fields, operation, false)
+    } else {
+        match conflict::resolve(conn, &current, expected, change, &context.policy)? {
+            Resolution::Merged(fields) => (fields, Operation::Updated, true),
+            Resolution::Conflict(report) => return Err(ServiceError::Conflict(report)),
+        }
     };
+    if operation != Operation::Deleted {
+        context.policy.validate(&new_fields).map_err(ServiceError::Validation)?;
+    }
     let changed = match operation {
         Operation::Deleted => vec![String::new()],
         _ => changed_paths(&Value::Object(old_fields), &Value::Object(new_fields.clone())),
@@ -320,13 +350,14 @@ fn write_in_transaction(
         data: &data,
         deleted: operation == Operation::Deleted,
         updated_at: at,
-        updated_by: principal,
+        updated_by: &context.principal,
     };
     if !records::update_if_version(conn, collection, &key, current.version, &update)? {
-        // Another transaction committed between the read and the update
-        // (PostgreSQL only; SQLite has one writer). Report against its result.
+        // Another transaction committed between the read and the update.
+        // The per-record lock prevents this on PostgreSQL and SQLite has one
+        // writer, so it is a safety net that reports without merging.
         let latest = records::find(conn, collection, &key)?.ok_or(ServiceError::NotFound)?;
-        return Err(ServiceError::Conflict(Box::new(conflict::build(conn, &latest, expected, change)?)));
+        return Err(ServiceError::Conflict(Box::new(conflict::build(conn, &latest, expected, change, &context.policy)?)));
     }
 
     let (version, deleted) = (update.version, update.deleted);
@@ -335,11 +366,39 @@ fn write_in_transaction(
         data,
         deleted,
         updated_at: at,
-        updated_by: principal.to_owned(),
+        updated_by: context.principal.clone(),
         ..current
     };
     record_history(conn, &row, operation, changed)?;
-    Ok(RecordSnapshot { meta: row.meta()?, fields: new_fields })
+    prune_history(conn, &row, &context.policy)?;
+    Ok(Written { record: RecordSnapshot { meta: row.meta()?, fields: new_fields }, merged })
+}
+
+/// Computes the fields a write leaves, for a write whose version matched.
+fn apply_change(conn: &mut DbConnection, current: &RecordRow, old_fields: &Fields, change: &Change) -> Result<(Fields, Operation), ServiceError> {
+    Ok(match change {
+        Change::Replace(fields) => (fields.clone(), Operation::Updated),
+        Change::MergePatch(patch) => (apply_merge_patch(old_fields, patch), Operation::Updated),
+        Change::JsonPatch(patch) => (apply_json_patch(&to_wire(&current.meta()?, old_fields), patch)?, Operation::Updated),
+        Change::Delete => (Fields::new(), Operation::Deleted),
+        Change::Restore(version) => {
+            let revision = records::find_revision(conn, &current.collection, &current.id, *version)?
+                .ok_or(ServiceError::RevisionNotFound { version: *version })?;
+            if revision.operation == Operation::Deleted.as_str() {
+                return Err(ServiceError::RestoreOfDeletion { version: *version });
+            }
+            (revision.fields()?, Operation::Restored)
+        }
+    })
+}
+
+/// Deletes the revisions that `keep_revisions` no longer keeps, in the
+/// transaction of the write that pushed them out.
+fn prune_history(conn: &mut DbConnection, row: &RecordRow, policy: &CollectionPolicy) -> Result<(), ServiceError> {
+    if let Some(keep) = policy.keep_revisions {
+        records::delete_revisions_before(conn, &row.collection, &row.id, row.version - keep + 1)?;
+    }
+    Ok(())
 }
 
 /// Appends the revision and the change of a committed write, in the write's

@@ -91,6 +91,17 @@ pub fn find_revision(conn: &mut DbConnection, collection: &str, id: &str, versio
         .optional()?)
 }
 
+/// Deletes a record's revisions older than `version`.
+pub fn delete_revisions_before(conn: &mut DbConnection, collection: &str, id: &str, version: i64) -> Result<usize, StorageError> {
+    Ok(diesel::delete(
+        revisions::table
+            .filter(revisions::collection.eq(collection))
+            .filter(revisions::record_id.eq(id))
+            .filter(revisions::version.lt(version)),
+    )
+    .execute(conn)?)
+}
+
 /// Revisions newer than `after`, oldest first.
 pub fn revisions_after(conn: &mut DbConnection, collection: &str, id: &str, after: i64) -> Result<Vec<RevisionRow>, StorageError> {
     Ok(revisions::table

@@ -84,3 +84,48 @@ fn get_status(url: &str) -> u16 {
         client.get(url).send().await.unwrap().status().as_u16()
     })
 }
+
+#[test]
+fn check_config_describes_collections() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("task.json"), r#"{"type": "object", "properties": {"done": {"type": "boolean"}}}"#).unwrap();
+    std::fs::write(
+        dir.path().join("versa.toml"),
+        "[collections.notes]\nmerge = \"fields\"\nkeep_revisions = 5\nleases = \"required\"\nread = [\"viewer\"]\n\
+         [collections.tasks]\nschema_file = \"task.json\"\n",
+    )
+    .unwrap();
+
+    let output = Command::new(VERSA).args(["check-config", "versa.toml"]).current_dir(dir.path()).output().unwrap();
+
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("collections: 2 declared"), "{stdout}");
+    assert!(stdout.contains("merge: fields"), "{stdout}");
+    assert!(stdout.contains("the newest 5 revisions per record"), "{stdout}");
+    assert!(stdout.contains("schema: validated on every write"), "{stdout}");
+}
+
+#[test]
+fn check_config_names_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[collections.notes]\nschema = { type = \"object\", properties = { version = { type = \"integer\" } } }\n", "collections.notes.schema"),
+        ("[collections.notes]\nschema = { type = 5 }\n", "collections.notes.schema"),
+        ("[collections.notes]\nmerge = \"sometimes\"\n", "merge"),
+        ("[collections.notes]\nkeep_revisions = 0\n", "collections.notes.keep_revisions"),
+        ("[collections.notes]\nlast_writer_wins = [\"viewed_at\"]\n", "collections.notes.last_writer_wins"),
+        ("[collections.notes]\nschema_file = \"missing.json\"\n", "collections.notes.schema_file"),
+        ("[collections.Notes]\n", "collections.Notes"),
+        ("[collections.notes]\ncolour = \"red\"\n", "colour"),
+    ];
+
+    for (text, key) in cases {
+        std::fs::write(dir.path().join("bad.toml"), text).unwrap();
+        let output = Command::new(VERSA).args(["check-config", "bad.toml"]).current_dir(dir.path()).output().unwrap();
+
+        assert!(!output.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{key} missing from: {stderr}");
+    }
+}

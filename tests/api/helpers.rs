@@ -31,8 +31,24 @@ pub struct TestApp {
 
 /// Runs each named scenario as two tests, `NAME::sqlite` and
 /// `NAME::postgres`, each against a fresh server and database.
+///
+/// With `config = NAME;` first, each server loads the constant NAME as its TOML
+/// configuration file.
 #[macro_export]
 macro_rules! both_backends {
+    (config = $config:ident; $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::TestApp::spawn_with_config($crate::helpers::Backend::Sqlite, super::$config).await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::TestApp::spawn_with_config($crate::helpers::Backend::Postgres, super::$config).await).await
+            }
+        }
+    )*};
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,14 +71,28 @@ impl TestApp {
 
     /// Starts a server whose settings `customize` may change.
     pub async fn spawn_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> Self {
+        Self::start(backend, None, customize).await
+    }
+
+    /// Starts a server that loads `config` as its configuration file.
+    pub async fn spawn_with_config(backend: Backend, config: &str) -> Self {
+        Self::start(backend, Some(config), |_| {}).await
+    }
+
+    async fn start(backend: Backend, config: Option<&str>, customize: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let database_url = match backend {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("versa.db").display()),
             Backend::Postgres => create_postgres_database().await,
         };
+        let config_path = config.map(|text| {
+            let path = dir.path().join("versa.toml");
+            std::fs::write(&path, text).expect("write the configuration file");
+            path
+        });
 
         let overrides = Overrides { bind: Some("127.0.0.1:0".into()), database_url: Some(database_url) };
-        let mut settings = Settings::load(None, overrides).expect("test settings");
+        let mut settings = Settings::load(config_path.as_deref(), overrides).expect("test settings");
         settings.server.workers = Some(2);
         settings.database.pool_size = 4;
         customize(&mut settings);

@@ -5,6 +5,7 @@ mod helpers;
 
 mod changes;
 mod cli;
+mod collections;
 mod concurrency;
 mod errors;
 mod health;

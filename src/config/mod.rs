@@ -2,11 +2,14 @@
 //! then `VERSA_*` environment variables and command-line flags (clap merges
 //! those two, flags first).
 
+mod collections;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::domain::collection::Collections;
 use crate::storage::DatabaseUrl;
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
@@ -16,6 +19,7 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://versa.db";
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
+    pub collections: Collections,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +63,7 @@ impl Default for Settings {
                 pool_size: 8,
                 connect_timeout: Duration::from_secs(5),
             },
+            collections: Collections::default(),
         }
     }
 }
@@ -71,18 +76,20 @@ pub enum ConfigError {
     #[error("invalid configuration file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for {key}: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
-/// The file's shape. Sections other than `[server]` and `[database]`
-/// (`[auth]`, `[collections.*]`) are accepted and not read yet. Inside the
-/// two sections read here an unknown key is an error, to catch typos.
+/// The file's shape. Sections other than `[server]`, `[database]` and
+/// `[collections.*]` (such as `[auth]`) are accepted and not read yet. Inside
+/// the sections read here an unknown key is an error, to catch typos.
 #[derive(Debug, Default, Deserialize)]
 struct FileConfig {
     #[serde(default)]
     server: ServerFile,
     #[serde(default)]
     database: DatabaseFile,
+    #[serde(default)]
+    collections: std::collections::BTreeMap<String, collections::CollectionFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,7 +149,7 @@ impl Settings {
         }
         if let Some(status) = file.server.conflict_status {
             if status != 409 && status != 412 {
-                return Err(ConfigError::Invalid { key: "server.conflict_status", message: format!("must be 409 or 412, got {status}") });
+                return Err(ConfigError::Invalid { key: "server.conflict_status".to_owned(), message: format!("must be 409 or 412, got {status}") });
             }
             server.conflict_status = status;
         }
@@ -167,6 +174,9 @@ impl Settings {
             database.connect_timeout = Duration::from_secs(positive(seconds as usize, "database.connect_timeout_seconds")? as u64);
         }
 
+        let base_dir = path.and_then(Path::parent).unwrap_or(Path::new("."));
+        settings.collections = collections::build(file.collections, base_dir)?;
+
         if let Some(bind) = overrides.bind {
             settings.server.bind = bind;
         }
@@ -179,13 +189,13 @@ impl Settings {
 
 fn positive(value: usize, key: &'static str) -> Result<usize, ConfigError> {
     if value == 0 {
-        return Err(ConfigError::Invalid { key, message: "must be greater than 0".to_owned() });
+        return Err(ConfigError::Invalid { key: key.to_owned(), message: "must be greater than 0".to_owned() });
     }
     Ok(value)
 }
 
 fn parse_url(url: &str) -> Result<DatabaseUrl, ConfigError> {
-    DatabaseUrl::parse(url).map_err(|message| ConfigError::Invalid { key: "database.url", message })
+    DatabaseUrl::parse(url).map_err(|message| ConfigError::Invalid { key: "database.url".to_owned(), message })
 }
 
 #[cfg(test)]

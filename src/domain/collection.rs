@@ -1,0 +1,162 @@
+//! Per-collection rules: the JSON Schema records must satisfy, how stale
+//! writes are handled, and how much history is kept.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::CollectionName;
+use super::record::Fields;
+
+/// What happens to a write based on a version that is no longer current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MergePolicy {
+    /// Every stale write is a conflict.
+    #[default]
+    Strict,
+    /// A stale write is committed when the fields it changed and the fields
+    /// changed by others since its base do not overlap.
+    Fields,
+}
+
+/// One schema violation: where in the record and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchemaError {
+    /// JSON Pointer into the record's fields; empty for the record itself.
+    pub path: String,
+    pub message: String,
+}
+
+/// The rules of one collection. Collections that are not declared in the
+/// configuration get [`CollectionPolicy::default`].
+#[derive(Clone, Default)]
+pub struct CollectionPolicy {
+    pub merge: MergePolicy,
+    /// JSON Pointers whose changes never conflict; the latest write wins.
+    pub last_writer_wins: Vec<String>,
+    /// Revisions kept per record, the newest ones; `None` keeps all.
+    pub keep_revisions: Option<i64>,
+    /// Whether `If-Match: *` may overwrite whatever version is current.
+    pub allow_unconditional_writes: bool,
+    /// The compiled schema, when the collection has one.
+    pub schema: Option<Arc<jsonschema::Validator>>,
+}
+
+impl std::fmt::Debug for CollectionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectionPolicy")
+            .field("merge", &self.merge)
+            .field("last_writer_wins", &self.last_writer_wins)
+            .field("keep_revisions", &self.keep_revisions)
+            .field("allow_unconditional_writes", &self.allow_unconditional_writes)
+            .field("schema", &self.schema.is_some())
+            .finish()
+    }
+}
+
+impl CollectionPolicy {
+    /// Checks a record's fields against the collection's schema.
+    ///
+    /// # Errors
+    ///
+    /// Every violation the validator reports, with JSON Pointer paths.
+    pub fn validate(&self, fields: &Fields) -> Result<(), Vec<SchemaError>> {
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
+        let instance = Value::Object(fields.clone());
+        let mut errors: Vec<SchemaError> = schema
+            .iter_errors(&instance)
+            .map(|error| SchemaError { path: error.instance_path().as_str().to_owned(), message: error.to_string() })
+            .collect();
+        // Sorted so that the same record always gets the same report.
+        errors.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.message.cmp(&b.message)));
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// `true` when changes at `path` never conflict.
+    pub fn is_last_writer_wins(&self, path: &str) -> bool {
+        self.last_writer_wins.iter().any(|lww| path == lww || (path.starts_with(lww.as_str()) && path.as_bytes().get(lww.len()) == Some(&b'/')))
+    }
+}
+
+/// The configured collections. When none is declared, every valid name is
+/// a schemaless collection with the default rules; once one is declared,
+/// the others do not exist.
+#[derive(Debug, Clone, Default)]
+pub struct Collections {
+    declared: BTreeMap<CollectionName, Arc<CollectionPolicy>>,
+    default: Arc<CollectionPolicy>,
+}
+
+impl Collections {
+    pub fn new(declared: BTreeMap<CollectionName, CollectionPolicy>) -> Self {
+        Self {
+            declared: declared.into_iter().map(|(name, policy)| (name, Arc::new(policy))).collect(),
+            default: Arc::new(CollectionPolicy::default()),
+        }
+    }
+
+    /// Returns the rules of `name`, or `None` when the collection does not
+    /// exist.
+    pub fn get(&self, name: &CollectionName) -> Option<Arc<CollectionPolicy>> {
+        if self.declared.is_empty() {
+            return Some(self.default.clone());
+        }
+        self.declared.get(name).cloned()
+    }
+
+    pub fn declared(&self) -> impl Iterator<Item = (&CollectionName, &Arc<CollectionPolicy>)> {
+        self.declared.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn fields(value: Value) -> Fields {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn undeclared_collections_exist_only_without_declarations() {
+        let notes = CollectionName::parse("notes").unwrap();
+        let tasks = CollectionName::parse("tasks").unwrap();
+        assert!(Collections::default().get(&notes).is_some());
+
+        let declared = Collections::new(BTreeMap::from([(notes.clone(), CollectionPolicy::default())]));
+        assert!(declared.get(&notes).is_some());
+        assert!(declared.get(&tasks).is_none());
+    }
+
+    #[test]
+    fn validate_reports_pointer_paths() {
+        let schema = json!({"type": "object", "properties": {"title": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["title"]});
+        let policy = CollectionPolicy { schema: Some(Arc::new(jsonschema::validator_for(&schema).unwrap())), ..Default::default() };
+
+        assert!(policy.validate(&fields(json!({"title": "a"}))).is_ok());
+        let errors = policy.validate(&fields(json!({"title": 5, "tags": ["x", 1]}))).unwrap_err();
+        let paths: Vec<_> = errors.iter().map(|error| error.path.as_str()).collect();
+        assert_eq!(paths, vec!["/tags/1", "/title"]);
+        let missing = policy.validate(&fields(json!({}))).unwrap_err();
+        assert_eq!(missing[0].path, "");
+    }
+
+    #[test]
+    fn last_writer_wins_covers_nested_paths() {
+        let policy = CollectionPolicy { last_writer_wins: vec!["/viewed_at".into(), "/stats".into()], ..Default::default() };
+        assert!(policy.is_last_writer_wins("/viewed_at"));
+        assert!(policy.is_last_writer_wins("/stats/count"));
+        assert!(!policy.is_last_writer_wins("/viewed_at_by"));
+        assert!(!policy.is_last_writer_wins("/title"));
+    }
+}
