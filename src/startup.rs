@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
@@ -64,6 +65,8 @@ impl Application {
         }
         let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
 
+        tokio::spawn(prune_changes(db.clone(), settings.database.change_retention));
+
         tracing::info!(%address, database = %db.url(), "listening");
         Ok(Self { address, server })
     }
@@ -103,3 +106,18 @@ pub async fn open_database(settings: &Settings) -> Result<Database, StartupError
     opened.map_err(|source| StartupError::Database { url, source })
 }
 
+
+/// Deletes expired changes now and then, for as long as the server runs.
+/// Several instances may prune the same database; each run deletes what is
+/// expired at that moment, so they do not conflict.
+async fn prune_changes(db: Database, retention: Duration) {
+    let interval = (retention / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        match crate::service::changes::prune(&db, retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "pruned expired changes"),
+            Err(error) => tracing::warn!(error = %error, "failed to prune expired changes; retrying later"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

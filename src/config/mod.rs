@@ -44,6 +44,9 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// How long a request waits for a free connection before 503.
     pub connect_timeout: Duration,
+    /// How long the change feed keeps a change; a cursor older than that
+    /// gets 410 Gone.
+    pub change_retention: Duration,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
                 url: DatabaseUrl::parse(DEFAULT_DATABASE_URL).unwrap_or_else(|_| unreachable!("the default URL parses")),
                 pool_size: 8,
                 connect_timeout: Duration::from_secs(5),
+                change_retention: Duration::from_secs(7 * 24 * 60 * 60),
             },
             collections: Collections::default(),
         }
@@ -110,6 +114,7 @@ struct DatabaseFile {
     url: Option<String>,
     pool_size: Option<u32>,
     connect_timeout_seconds: Option<u64>,
+    change_retention_seconds: Option<u64>,
 }
 
 /// Values from the environment and flags, which override the file.
@@ -169,6 +174,9 @@ impl Settings {
         }
         if let Some(size) = file.database.pool_size {
             database.pool_size = positive(size as usize, "database.pool_size")? as u32;
+        }
+        if let Some(seconds) = file.database.change_retention_seconds {
+            database.change_retention = Duration::from_secs(positive(seconds as usize, "database.change_retention_seconds")? as u64);
         }
         if let Some(seconds) = file.database.connect_timeout_seconds {
             database.connect_timeout = Duration::from_secs(positive(seconds as usize, "database.connect_timeout_seconds")? as u64);

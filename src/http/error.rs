@@ -212,6 +212,12 @@ fn service_problem(error: &ServiceError) -> Problem {
             "Idempotency key in use",
             "A request with this Idempotency-Key is still running; retry after it finishes to get its response.",
         ),
+        ServiceError::CursorExpired => Problem::new(
+            S::GONE,
+            "cursor-expired",
+            "Cursor expired",
+            "Changes after this cursor have been deleted by the change feed's retention; reload the data you follow and start again without a cursor.",
+        ),
         ServiceError::InvalidCursor(reason) => Problem::new(S::BAD_REQUEST, "invalid-cursor", "Invalid cursor", sentence(reason)),
         ServiceError::InvalidQuery(reason) => Problem::new(S::BAD_REQUEST, "invalid-query", "Invalid query parameter", sentence(reason)),
         ServiceError::Storage(StorageError::Unavailable(_)) => Problem::new(

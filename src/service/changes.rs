@@ -6,7 +6,7 @@ use super::{ServiceError, cursor};
 use crate::domain::record::format_timestamp;
 use crate::storage::Database;
 use crate::storage::feed::{self, FeedPosition};
-use crate::storage::models::ChangeRow;
+use crate::storage::models::{ChangeRow, now};
 
 /// One committed change as the feed shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -66,12 +66,36 @@ pub fn decode_position(text: &str) -> Result<FeedPosition, ServiceError> {
     Ok(FeedPosition { txid, seq })
 }
 
-/// Reads up to `limit` changes after `since` (the start of the feed when
-/// absent), restricted to `collections` when not empty.
+/// Reads up to `limit` changes after `since`, or from the start of the
+/// retained history when `since` is absent.
+///
+/// # Errors
+///
+/// [`ServiceError::CursorExpired`] when retention has deleted changes after
+/// `since`.
 pub async fn read(db: &Database, since: Option<FeedPosition>, collections: Vec<String>, limit: i64) -> Result<ChangesPage, ServiceError> {
-    let start = since.unwrap_or_default();
-    let rows = db.read(move |conn| feed::changes_after(conn, start, &collections, limit).map_err(ServiceError::from)).await?;
+    let (rows, start) = db
+        .read(move |conn| {
+            let start = since.unwrap_or_default();
+            let rows = feed::changes_after(conn, start, &collections, limit)?;
+
+            // The horizon is read after the changes: if retention deleted
+            // anything after the cursor in between, the horizon shows it.
+            let horizon = feed::horizon(conn)?;
+            match since {
+                Some(since) if since < horizon => Err(ServiceError::CursorExpired),
+                _ => Ok((rows, start.max(horizon))),
+            }
+        })
+        .await?;
 
     let next = rows.last().map(|row| FeedPosition { txid: row.txid, seq: row.seq }).unwrap_or(start);
     Ok(ChangesPage { changes: rows.iter().map(ChangeView::from).collect(), next_cursor: encode_position(next) })
+}
+
+/// Deletes changes older than `retention`; returns how many.
+pub async fn prune(db: &Database, retention: std::time::Duration) -> Result<usize, ServiceError> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff = now().naive_utc().checked_sub_signed(retention).unwrap_or(chrono::NaiveDateTime::MIN);
+    db.write(move |conn| feed::prune_before(conn, cutoff).map_err(ServiceError::from)).await
 }

@@ -64,6 +64,8 @@ pub enum ServiceError {
     IdempotencyKeyReused,
     #[error("idempotency key in use by a request still running")]
     IdempotencyKeyInFlight,
+    #[error("cursor older than the retained change history")]
+    CursorExpired,
     #[error("invalid cursor: {0}")]
     InvalidCursor(String),
     #[error("invalid query parameter: {0}")]

@@ -8,13 +8,17 @@
 //! writes are serialized, `txid` is always 0, and `seq` order is commit
 //! order.
 
+use chrono::NaiveDateTime;
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::Bool;
 
 use super::models::ChangeRow;
-use super::schema::changes;
+use super::schema::{changes, feed_horizon};
 use super::{DbConnection, StorageError};
+
+/// Restricts PostgreSQL reads to transactions older than every running one.
+const VISIBLE_ON_POSTGRES: &str = "txid < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint)";
 
 /// A position in the feed: the `(txid, seq)` of the last change read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -46,8 +50,38 @@ pub fn changes_after(
         query = query.filter(changes::collection.eq_any(collections.to_vec()));
     }
     if let DbConnection::Postgresql(_) = conn {
-        query = query.filter(sql::<Bool>("txid < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint)"));
+        query = query.filter(sql::<Bool>(VISIBLE_ON_POSTGRES));
     }
 
     Ok(query.load(conn)?)
+}
+
+/// Returns the position of the newest change removed by retention; a cursor
+/// below it has missed changes.
+pub fn horizon(conn: &mut DbConnection) -> Result<FeedPosition, StorageError> {
+    let (txid, seq) = feed_horizon::table.find(1).select((feed_horizon::txid, feed_horizon::seq)).first::<(i64, i64)>(conn)?;
+    Ok(FeedPosition { txid, seq })
+}
+
+/// Deletes the changes made before `cutoff`, oldest first, and moves the
+/// horizon to the newest one deleted. Only changes that readers can already
+/// see are deleted, so the horizon never passes a change still to come.
+/// Returns how many were deleted.
+pub fn prune_before(conn: &mut DbConnection, cutoff: NaiveDateTime) -> Result<usize, StorageError> {
+    let mut newest = changes::table
+        .filter(changes::changed_at.lt(cutoff))
+        .order((changes::txid.desc(), changes::seq.desc()))
+        .select((changes::txid, changes::seq))
+        .into_boxed();
+    if let DbConnection::Postgresql(_) = conn {
+        newest = newest.filter(sql::<Bool>(VISIBLE_ON_POSTGRES));
+    }
+    let Some((txid, seq)) = newest.first::<(i64, i64)>(conn).optional()? else {
+        return Ok(0);
+    };
+
+    let deleted = diesel::delete(changes::table.filter(changes::txid.lt(txid).or(changes::txid.eq(txid).and(changes::seq.le(seq)))))
+        .execute(conn)?;
+    diesel::update(feed_horizon::table.find(1)).set((feed_horizon::txid.eq(txid), feed_horizon::seq.eq(seq))).execute(conn)?;
+    Ok(deleted)
 }

@@ -55,4 +55,12 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(records, revisions, changes, idempotency_keys);
+diesel::table! {
+    feed_horizon (id) {
+        id -> Integer,
+        txid -> BigInt,
+        seq -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(records, revisions, changes, idempotency_keys, feed_horizon);

@@ -126,3 +126,31 @@ async fn long_poll_returns_empty_at_deadline(app: TestApp) {
     assert_eq!(page["changes"], json!([]));
     assert!(began.elapsed() >= Duration::from_secs(1));
 }
+
+const SHORT_RETENTION: &str = "[database]\nchange_retention_seconds = 1\n";
+
+both_backends!(config = SHORT_RETENTION; expired_cursor_is_410);
+
+async fn expired_cursor_is_410(app: TestApp) {
+    let start: Value = app.get("/v1/_changes").await.json().await.unwrap();
+    let old_cursor = start["next_cursor"].as_str().unwrap().to_owned();
+    app.create("notes", json!({})).await;
+    app.settle_feed().await;
+
+    // Retention is 1 s and the pruner runs every 0.5 s.
+    let mut status = StatusCode::OK;
+    for _ in 0..100 {
+        status = app.get(&format!("/v1/_changes?since={old_cursor}")).await.status();
+        if status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::GONE);
+    let problem = expect_problem(app.get(&format!("/v1/_changes?since={old_cursor}")).await, StatusCode::GONE, "cursor-expired").await;
+    assert!(problem["detail"].as_str().unwrap().contains("retention"));
+
+    let page: Value = app.get("/v1/_changes").await.json().await.unwrap();
+    let fresh = page["next_cursor"].as_str().unwrap();
+    assert_eq!(app.get(&format!("/v1/_changes?since={fresh}")).await.status(), StatusCode::OK);
+}
