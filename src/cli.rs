@@ -117,10 +117,17 @@ fn describe(file: &std::path::Path, settings: &Settings) -> String {
     let _ = writeln!(text, "{} is valid.", file.display());
     let _ = writeln!(
         text,
-        "server: listens on {}, accepts bodies up to {} bytes nested up to {} levels, answers stale writes with {}",
+        "server: listens on {}, accepts bodies up to {} bytes nested up to {} levels, returns {} for stale writes",
         server.bind, server.max_body_bytes, server.max_json_depth, server.conflict_status
     );
-    let _ = writeln!(text, "database: {} with up to {} connections", settings.database.url, settings.database.pool_size);
+    let database = &settings.database;
+    let _ = writeln!(
+        text,
+        "database: {} with up to {} connections, keeps feed changes for {} seconds",
+        database.url,
+        database.pool_size,
+        database.change_retention.as_secs()
+    );
 
     let declared: Vec<_> = settings.collections.declared().collect();
     if declared.is_empty() {
