@@ -29,6 +29,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Maximum nesting depth of arrays and objects in a request body.
     pub max_json_depth: usize,
+    /// Maximum number of operations in one `POST /v1/_batch`.
+    pub max_batch_operations: usize,
     /// Status of a stale-version response: 409 (default) or 412.
     pub conflict_status: u16,
     pub cors_origins: Vec<String>,
@@ -56,6 +58,7 @@ impl Default for Settings {
                 bind: DEFAULT_BIND.to_owned(),
                 max_body_bytes: 1024 * 1024,
                 max_json_depth: 64,
+                max_batch_operations: 100,
                 conflict_status: 409,
                 cors_origins: Vec::new(),
                 workers: None,
@@ -102,6 +105,7 @@ struct ServerFile {
     bind: Option<String>,
     max_body_bytes: Option<usize>,
     max_json_depth: Option<usize>,
+    max_batch_operations: Option<usize>,
     conflict_status: Option<u16>,
     cors_origins: Option<Vec<String>>,
     workers: Option<usize>,
@@ -151,6 +155,9 @@ impl Settings {
         }
         if let Some(depth) = file.server.max_json_depth {
             server.max_json_depth = positive(depth, "server.max_json_depth")?;
+        }
+        if let Some(operations) = file.server.max_batch_operations {
+            server.max_batch_operations = positive(operations, "server.max_batch_operations")?;
         }
         if let Some(status) = file.server.conflict_status {
             if status != 409 && status != 412 {

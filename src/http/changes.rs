@@ -11,6 +11,7 @@ use super::extract::{QueryPairs, unknown_parameter};
 use super::response::{json_response, to_json};
 use crate::service::list::parse_limit;
 use crate::domain::CollectionName;
+use crate::service::ServiceError;
 use crate::service::changes::{self, decode_position};
 
 /// Maximum long-poll wait, in seconds.
@@ -35,6 +36,9 @@ pub async fn list(state: web::Data<AppState>, query: QueryPairs) -> Result<HttpR
                     let collection = CollectionName::parse(raw).map_err(|error| {
                         ApiError::bad_request("invalid-query", format!("Invalid collection name {raw:?} in collections: {error}."))
                     })?;
+                    if state.collections.get(&collection).is_none() {
+                        return Err(ServiceError::CollectionNotFound { name: collection.to_string() }.into());
+                    }
                     collections.push(collection.to_string());
                 }
             }

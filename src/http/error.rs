@@ -30,12 +30,12 @@ pub enum ApiError {
     BadRequest { kind: &'static str, detail: String },
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("batch has {count} operations, more than {limit}")]
+    BatchTooLarge { limit: usize, count: usize },
     #[error("{detail}")]
     UnsupportedMediaType { detail: String },
     #[error("no route for this path")]
     RouteNotFound,
-    #[error("collection {name} is not declared")]
-    CollectionNotFound { name: String },
     #[error("method not allowed")]
     MethodNotAllowed { allow: String },
     #[error("database not ready: {detail}")]
@@ -44,6 +44,9 @@ pub enum ApiError {
     /// for (409 or 412). See [`crate::http::AppState::api_error`].
     #[error("stale expected version")]
     StaleVersion { report: Box<ConflictReport>, status: StatusCode },
+    /// An atomic batch that wrote nothing because some operations failed.
+    #[error("batch not applied")]
+    BatchFailed { status: StatusCode, failures: Vec<Value>, total: usize },
     /// A server fault outside the service layer; the client gets a generic
     /// 500 and the detail goes to the log.
     #[error("{detail}")]
@@ -105,16 +108,17 @@ impl ApiError {
                 format!("The request body is larger than the limit of {limit} bytes; send a smaller body."),
             )
             .with("max_body_bytes", Value::from(*limit)),
+            Self::BatchTooLarge { limit, count } => Problem::new(
+                S::PAYLOAD_TOO_LARGE,
+                "batch-too-large",
+                "Too many batch operations",
+                format!("The batch has {count} operations and the limit is {limit}; split it into several batches."),
+            )
+            .with("max_batch_operations", Value::from(*limit)),
             Self::UnsupportedMediaType { detail } => {
                 Problem::new(S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", detail.clone())
             }
             Self::RouteNotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found", "No endpoint exists at this path."),
-            Self::CollectionNotFound { name } => Problem::new(
-                S::NOT_FOUND,
-                "collection-not-found",
-                "Collection not found",
-                format!("The collection {name:?} is not declared in the server configuration."),
-            ),
             Self::MethodNotAllowed { allow } => Problem::new(
                 S::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -124,6 +128,13 @@ impl ApiError {
             Self::NotReady { detail } => Problem::new(S::SERVICE_UNAVAILABLE, "not-ready", "Not ready", detail.clone()),
             Self::StaleVersion { report, status } => conflict_problem(report, *status),
             Self::Internal { .. } => internal_problem(),
+            Self::BatchFailed { status, failures, total } => Problem::new(
+                *status,
+                "batch-failed",
+                "Batch not applied",
+                format!("{} of {total} operations failed, so nothing was written; see failures.", failures.len()),
+            )
+            .with("failures", Value::Array(failures.clone())),
             Self::Service(error) => service_problem(error),
         }
     }
@@ -132,6 +143,12 @@ impl ApiError {
 fn service_problem(error: &ServiceError) -> Problem {
     use StatusCode as S;
     match error {
+        ServiceError::CollectionNotFound { name } => Problem::new(
+            S::NOT_FOUND,
+            "collection-not-found",
+            "Collection not found",
+            format!("The collection {name:?} is not declared in the server configuration."),
+        ),
         ServiceError::NotFound => Problem::new(S::NOT_FOUND, "record-not-found", "Record not found", "No record with this id exists in this collection."),
         ServiceError::Deleted { version, deleted_at, deleted_by } => Problem::new(
             S::NOT_FOUND,
@@ -219,6 +236,9 @@ fn service_problem(error: &ServiceError) -> Problem {
             "Changes after this cursor have been deleted by the change feed's retention; reload the data you follow and start again without a cursor.",
         ),
         ServiceError::InvalidCursor(reason) => Problem::new(S::BAD_REQUEST, "invalid-cursor", "Invalid cursor", sentence(reason)),
+        ServiceError::InvalidOperation(reason) => {
+            Problem::new(S::BAD_REQUEST, "invalid-operation", "Invalid batch operation", sentence(reason))
+        }
         ServiceError::InvalidQuery(reason) => Problem::new(S::BAD_REQUEST, "invalid-query", "Invalid query parameter", sentence(reason)),
         ServiceError::Storage(StorageError::Unavailable(_)) => Problem::new(
             S::SERVICE_UNAVAILABLE,
@@ -279,6 +299,15 @@ fn sentence(message: &str) -> String {
         text.push('.');
     }
     text
+}
+
+impl ApiError {
+    /// Returns the status and problem body, for errors reported inside
+    /// another response such as a batch result.
+    pub fn to_problem(&self) -> (StatusCode, Value) {
+        let problem = self.problem();
+        (problem.status, problem.into_body())
+    }
 }
 
 impl ResponseError for ApiError {

@@ -45,7 +45,10 @@ fn collection_from(req: &HttpRequest) -> Result<CollectionPath, ApiError> {
     })?;
 
     let policy = match req.app_data::<web::Data<AppState>>() {
-        Some(state) => state.collections.get(&name).ok_or_else(|| ApiError::CollectionNotFound { name: name.to_string() })?,
+        Some(state) => state
+            .collections
+            .get(&name)
+            .ok_or_else(|| ApiError::Service(crate::service::ServiceError::CollectionNotFound { name: name.to_string() }))?,
         None => Arc::default(),
     };
     Ok(CollectionPath { name, policy })

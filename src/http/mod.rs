@@ -2,6 +2,7 @@
 //! errors to problem bodies. Handlers are thin: extract, call one service
 //! function, build the response.
 
+pub mod batch;
 pub mod changes;
 pub mod error;
 pub mod extract;
@@ -93,6 +94,7 @@ routes! {
     get "/readyz" => health::readyz,
     get "/openapi.yaml" => health::openapi,
     get "/v1/_changes" => changes::list,
+    post "/v1/_batch" => batch::run,
     get "/v1/{collection}" => records::list,
     post "/v1/{collection}" => records::create,
     get "/v1/{collection}/{id}" => records::get,

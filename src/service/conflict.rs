@@ -7,7 +7,7 @@ use super::ServiceError;
 use super::records::Change;
 use crate::domain::collection::{CollectionPolicy, MergePolicy};
 use crate::domain::diff::{FieldConflict, RevisionSummary, apply_changes, three_way};
-use crate::domain::patch::{apply_json_patch, apply_merge_patch};
+use crate::domain::patch::{PatchError, apply_json_patch, apply_merge_patch};
 use crate::domain::record::{Fields, to_wire};
 use crate::domain::{ExpectedVersion, RecordMeta};
 use crate::storage::models::{RecordRow, RevisionRow};
@@ -49,8 +49,11 @@ pub fn resolve(
 ) -> Result<Resolution, ServiceError> {
     let comparison = compare(conn, current, expected, change, policy)?;
 
+    // Weak tags never match, so a write that named only weak tags is never
+    // merged either.
     if policy.merge == MergePolicy::Fields
         && !current.deleted
+        && !matches!(expected, ExpectedVersion::Never { .. })
         && comparison.conflicts.is_empty()
         && let (Some(base), Some(yours)) = (&comparison.base_fields, &comparison.yours)
         && let Some(Value::Object(merged)) =
@@ -123,7 +126,7 @@ fn compare(
 
     let base_fields = base.fields()?;
     let base_meta = RecordMeta { version: base.version, deleted: false, ..meta };
-    if let Some(yours) = yours_from_base(&base_meta, &base_fields, change) {
+    if let Some(yours) = yours_from_base(&base_meta, &base_fields, change)? {
         comparison.conflicts = three_way(
             &Value::Object(base_fields.clone()),
             &Value::Object(yours.clone()),
@@ -155,14 +158,25 @@ impl Comparison {
 }
 
 /// Rebuilds the writer's record as if its change had been applied to its
-/// base. A patch that does not apply to the base gives no comparison.
-fn yours_from_base(base_meta: &RecordMeta, base: &Fields, change: &Change) -> Option<Fields> {
-    match change {
+/// base. A JSON Patch with `test` operations is not rebuilt: its tests
+/// assert the current state, which has moved on, so it is never merged.
+///
+/// # Errors
+///
+/// A JSON Patch that writes a server-managed member, which is invalid
+/// whatever the version.
+fn yours_from_base(base_meta: &RecordMeta, base: &Fields, change: &Change) -> Result<Option<Fields>, ServiceError> {
+    Ok(match change {
         Change::Replace(fields) => Some(fields.clone()),
         Change::MergePatch(patch) => Some(apply_merge_patch(base, patch)),
-        Change::JsonPatch(patch) => apply_json_patch(&to_wire(base_meta, base), patch).ok(),
+        Change::JsonPatch(patch) if patch.0.iter().any(|operation| matches!(operation, json_patch::PatchOperation::Test(_))) => None,
+        Change::JsonPatch(patch) => match apply_json_patch(&to_wire(base_meta, base), patch) {
+            Ok(fields) => Some(fields),
+            Err(error @ PatchError::ReservedMember { .. }) => return Err(error.into()),
+            Err(_) => None,
+        },
         Change::Delete | Change::Restore(_) => None,
-    }
+    })
 }
 
 pub fn summarize(revision: &RevisionRow) -> Result<RevisionSummary, ServiceError> {

@@ -2,6 +2,7 @@
 //! transaction on the blocking pool, built from domain rules and storage
 //! queries. Handlers call exactly one of them.
 
+pub mod batch;
 pub mod changes;
 pub mod conflict;
 pub mod cursor;
@@ -36,6 +37,8 @@ impl RecordSnapshot {
 /// and problem type in [`crate::http::error`].
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    #[error("collection {name} is not declared")]
+    CollectionNotFound { name: String },
     #[error("record not found")]
     NotFound,
     #[error("record deleted")]
@@ -68,6 +71,8 @@ pub enum ServiceError {
     CursorExpired,
     #[error("invalid cursor: {0}")]
     InvalidCursor(String),
+    #[error("invalid batch operation: {0}")]
+    InvalidOperation(String),
     #[error("invalid query parameter: {0}")]
     InvalidQuery(String),
     #[error(transparent)]

@@ -242,12 +242,12 @@ async fn already_exists_with_current(db: &Database, collection: &CollectionName,
     }
 }
 
-fn insert_in_transaction(conn: &mut DbConnection, collection: &str, id: RecordId, fields: Fields, principal: &str) -> Result<RecordSnapshot, ServiceError> {
+pub(crate) fn insert_in_transaction(conn: &mut DbConnection, collection: &str, id: RecordId, fields: Fields, principal: &str) -> Result<RecordSnapshot, ServiceError> {
     let key = id.to_key();
     records::lock_record(conn, collection, &key)?;
 
-    if records::find(conn, collection, &key)?.is_some() {
-        return Err(StorageError::UniqueViolation.into());
+    if let Some(existing) = records::find(conn, collection, &key)? {
+        return Err(ServiceError::AlreadyExists { current: Box::new(snapshot(&existing)?.to_wire()) });
     }
 
     let at = now().naive_utc();
@@ -299,17 +299,23 @@ pub async fn write(
     change: Change,
     context: &WriteContext,
 ) -> Result<Written, ServiceError> {
-    let expected = expected.ok_or(ServiceError::PreconditionRequired)?;
-    if expected == ExpectedVersion::Any && !context.policy.allow_unconditional_writes {
-        return Err(ServiceError::UnconditionalWriteNotAllowed);
-    }
+    let expected = require_expected(expected, context)?;
 
     let collection = collection.to_string();
     let context = context.clone();
     db.write(move |conn| write_in_transaction(conn, &collection, id, &expected, &change, &context)).await
 }
 
-fn write_in_transaction(
+/// Checks that a write to an existing record states a version it may use.
+pub(crate) fn require_expected(expected: Option<ExpectedVersion>, context: &WriteContext) -> Result<ExpectedVersion, ServiceError> {
+    let expected = expected.ok_or(ServiceError::PreconditionRequired)?;
+    if expected == ExpectedVersion::Any && !context.policy.allow_unconditional_writes {
+        return Err(ServiceError::UnconditionalWriteNotAllowed);
+    }
+    Ok(expected)
+}
+
+pub(crate) fn write_in_transaction(
     conn: &mut DbConnection,
     collection: &str,
     id: RecordId,

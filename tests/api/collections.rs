@@ -33,7 +33,126 @@ both_backends!(
     restore_writes_old_version,
     restore_undeletes_record,
     unconditional_write_where_allowed,
+    nested_siblings_merge,
+    overlapping_conflict_names_who_and_when,
+    schema_failures_write_nothing,
+    restore_of_pruned_version_is_404,
+    stale_writes_that_never_merge,
+    feed_rejects_undeclared_collection,
 );
+
+/// Weak tags, JSON Patch `test` operations and deletes stay conflicts even
+/// where merging is on.
+async fn stale_writes_that_never_merge(app: TestApp) {
+    let path = note(&app, json!({"title": "a", "body": "b"})).await;
+    assert_eq!(patch(&app, &path, 1, json!({"body": "theirs"})).await.status(), StatusCode::OK);
+
+    let weak = app.send(Method::PATCH, &path, "application/merge-patch+json", &json!({"title": "x"}), &[("if-match", "W/\"1\"")]).await;
+    expect_problem(weak, StatusCode::CONFLICT, "version-conflict").await;
+
+    let tested = json!([{"op": "test", "path": "/version", "value": 1}, {"op": "replace", "path": "/title", "value": "x"}]);
+    let response = app.send(Method::PATCH, &path, "application/json-patch+json", &tested, &[("if-match", "\"1\"")]).await;
+    expect_problem(response, StatusCode::CONFLICT, "version-conflict").await;
+
+    let reserved = json!([{"op": "replace", "path": "/created_by", "value": "x"}]);
+    let response = app.send(Method::PATCH, &path, "application/json-patch+json", &reserved, &[("if-match", "\"1\"")]).await;
+    expect_problem(response, StatusCode::BAD_REQUEST, "patch-failed").await;
+
+    let untested = json!([{"op": "replace", "path": "/title", "value": "merged"}]);
+    let response = app.send(Method::PATCH, &path, "application/json-patch+json", &untested, &[("if-match", "\"1\"")]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "versa-merged"), "true");
+
+    let delete = app.request(Method::DELETE, &path).header("if-match", "\"1\"").send().await.unwrap();
+    expect_problem(delete, StatusCode::CONFLICT, "version-conflict").await;
+}
+
+async fn feed_rejects_undeclared_collection(app: TestApp) {
+    let response = app.get("/v1/_changes?collections=notes,other").await;
+    expect_problem(response, StatusCode::NOT_FOUND, "collection-not-found").await;
+}
+
+async fn nested_siblings_merge(app: TestApp) {
+    let path = note(&app, json!({"title": "a", "address": {"city": "A", "zip": "1"}})).await;
+    assert_eq!(patch(&app, &path, 1, json!({"address": {"zip": "2"}})).await.status(), StatusCode::OK);
+
+    let response = patch(&app, &path, 1, json!({"address": {"city": "B"}})).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "versa-merged"), "true");
+    assert_eq!(response.json::<Value>().await.unwrap()["address"], json!({"city": "B", "zip": "2"}));
+}
+
+async fn overlapping_conflict_names_who_and_when(app: TestApp) {
+    let path = note(&app, json!({"title": "a", "address": {"city": "A", "zip": "1"}})).await;
+    let theirs: Value = patch(&app, &path, 1, json!({"address": {"city": "C"}})).await.json().await.unwrap();
+
+    let response = patch(&app, &path, 1, json!({"address": {"city": "B", "zip": "9"}})).await;
+
+    let problem = expect_problem(response, StatusCode::CONFLICT, "version-conflict").await;
+    let conflicts = problem["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{problem}");
+    assert_eq!(conflicts[0]["path"], "/address/city");
+    assert_eq!(conflicts[0]["base"], "A");
+    assert_eq!(conflicts[0]["yours"], "B");
+    assert_eq!(conflicts[0]["theirs"], "C");
+    assert_eq!(conflicts[0]["changed_by"], "anonymous");
+    assert_eq!(conflicts[0]["changed_at"], theirs["updated_at"]);
+}
+
+async fn schema_failures_write_nothing(app: TestApp) {
+    let path = note(&app, json!({"title": "a"})).await;
+    let invalid = json!({"title": 1});
+
+    let replace = app.send(Method::PUT, &path, "application/json", &invalid, &[("if-match", "\"1\"")]).await;
+    expect_problem(replace, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+
+    let create_at = app.send(Method::PUT, "/v1/notes/0190a0b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b", "application/json", &invalid, &[("if-none-match", "*")]).await;
+    expect_problem(create_at, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+
+    let batch = app.post_json("/v1/_batch", &json!({"atomic": true, "operations": [
+        {"op": "create", "collection": "notes", "data": {"title": "fine"}},
+        {"op": "replace", "collection": "notes", "id": path.rsplit('/').next().unwrap(), "version": 1, "data": {"title": 2}},
+    ]})).await;
+    let problem = expect_problem(batch, StatusCode::UNPROCESSABLE_ENTITY, "batch-failed").await;
+    assert_eq!(problem["failures"][0]["index"], 1);
+    assert_eq!(problem["failures"][0]["problem"]["type"], "https://versa.dev/problems/validation-failed");
+
+    assert_eq!(app.all_changes().await.len(), 1);
+}
+
+const LOOSE: &str = "[collections.loose]\n[collections.feed-sentinel]\n";
+const STRICTER: &str = "[collections.loose]\nschema = { type = \"object\", properties = { title = { type = \"string\" } } }\n[collections.feed-sentinel]\n";
+
+both_backends!(config = LOOSE; restore_checks_current_schema);
+
+/// A revision written before the schema existed cannot be restored once it
+/// fails the schema.
+async fn restore_checks_current_schema(app: TestApp) {
+    let created = app.create("loose", json!({"title": 5})).await;
+    let path = format!("/v1/loose/{}", created["id"].as_str().unwrap());
+    assert_eq!(patch(&app, &path, 1, json!({"title": "text"})).await.status(), StatusCode::OK);
+
+    let stricter = app.restart_with_config(STRICTER).await;
+    let response = stricter.request(Method::POST, &format!("{path}/versions/1/restore")).header("if-match", "\"2\"").send().await.unwrap();
+
+    let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    assert_eq!(problem["errors"][0]["path"], "/title");
+    assert_eq!(stricter.read("loose", path.rsplit('/').next().unwrap()).await["version"], 2);
+}
+
+async fn restore_of_pruned_version_is_404(app: TestApp) {
+    let path = note(&app, json!({"title": "v1"})).await;
+    for version in 1..4 {
+        assert_eq!(patch(&app, &path, version, json!({"title": format!("v{}", version + 1)})).await.status(), StatusCode::OK);
+    }
+
+    let response = app.request(Method::POST, &format!("{path}/versions/1/restore")).header("if-match", "\"4\"").send().await.unwrap();
+    expect_problem(response, StatusCode::NOT_FOUND, "revision-not-found").await;
+
+    let stale = app.request(Method::POST, &format!("{path}/versions/3/restore")).header("if-match", "\"3\"").send().await.unwrap();
+    expect_problem(stale, StatusCode::CONFLICT, "version-conflict").await;
+}
 
 async fn patch(app: &TestApp, path: &str, version: i64, body: Value) -> reqwest::Response {
     app.send(Method::PATCH, path, "application/merge-patch+json", &body, &[("if-match", &format!("\"{version}\""))]).await

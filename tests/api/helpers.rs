@@ -26,6 +26,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub backend: Backend,
+    database_url: String,
     _dir: TempDir,
 }
 
@@ -79,19 +80,32 @@ impl TestApp {
         Self::start(backend, Some(config), |_| {}).await
     }
 
+    /// Starts a second server on this server's database, with another
+    /// configuration file. This server must outlive it, because it owns a
+    /// SQLite database's folder.
+    pub async fn restart_with_config(&self, config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        Self::start_on(self.backend, self.database_url.clone(), dir, Some(config), |_| {}).await
+    }
+
     async fn start(backend: Backend, config: Option<&str>, customize: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let database_url = match backend {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("versa.db").display()),
             Backend::Postgres => create_postgres_database().await,
         };
+        Self::start_on(backend, database_url, dir, config, customize).await
+    }
+
+    /// Starts a server on `database_url`, keeping its files in `dir`.
+    async fn start_on(backend: Backend, database_url: String, dir: TempDir, config: Option<&str>, customize: impl FnOnce(&mut Settings)) -> Self {
         let config_path = config.map(|text| {
             let path = dir.path().join("versa.toml");
             std::fs::write(&path, text).expect("write the configuration file");
             path
         });
 
-        let overrides = Overrides { bind: Some("127.0.0.1:0".into()), database_url: Some(database_url) };
+        let overrides = Overrides { bind: Some("127.0.0.1:0".into()), database_url: Some(database_url.clone()) };
         let mut settings = Settings::load(config_path.as_deref(), overrides).expect("test settings");
         settings.server.workers = Some(2);
         settings.database.pool_size = 4;
@@ -102,7 +116,7 @@ impl TestApp {
         tokio::spawn(application.run_until_stopped());
 
         let client = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("HTTP client");
-        Self { address, client, backend, _dir: dir }
+        Self { address, client, backend, database_url, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod batch;
 mod changes;
 mod cli;
 mod collections;

@@ -1,0 +1,163 @@
+//! Several writes in one request, each with its own expected version:
+//! atomically in one transaction, or one by one.
+
+use std::sync::Arc;
+
+use super::records::{Change, WriteContext, Written, insert_in_transaction, require_expected, write_in_transaction};
+use super::{RecordSnapshot, ServiceError};
+use crate::domain::collection::CollectionPolicy;
+use crate::domain::record::Fields;
+use crate::domain::{CollectionName, ExpectedVersion, RecordId};
+use diesel::Connection;
+
+use crate::storage::{Database, DbConnection, StorageError, records};
+
+/// One parsed batch operation.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub collection: CollectionName,
+    pub policy: Arc<CollectionPolicy>,
+    pub operation: BatchOperation,
+}
+
+#[derive(Debug, Clone)]
+pub enum BatchOperation {
+    Create { id: Option<RecordId>, fields: Fields },
+    Write { id: RecordId, expected: Option<ExpectedVersion>, change: Change },
+}
+
+/// What one operation did.
+#[derive(Debug, Clone)]
+pub enum ItemOutcome {
+    Created(RecordSnapshot),
+    Written(Written),
+    Deleted,
+}
+
+/// Each operation's result, in request order. Operations that could not be
+/// parsed arrive here as errors already.
+pub type ItemResults = Vec<Result<ItemOutcome, ServiceError>>;
+
+/// The result of an atomic batch.
+pub enum AtomicOutcome {
+    Committed(Vec<ItemOutcome>),
+    /// Nothing was written; these operations, by index, failed.
+    RolledBack(Vec<(usize, ServiceError)>),
+}
+
+/// Runs every operation in one transaction. Before the first write it locks
+/// every record the batch names, in sorted order, so two batches cannot
+/// deadlock and each record's changes keep their order in the feed.
+pub async fn run_atomic(db: &Database, items: Vec<Result<BatchItem, ServiceError>>, principal: &str) -> Result<AtomicOutcome, ServiceError> {
+    let mut parsed = Vec::with_capacity(items.len());
+    let mut failures = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Ok(item) => parsed.push(item),
+            Err(error) => failures.push((index, error)),
+        }
+    }
+    if !failures.is_empty() {
+        return Ok(AtomicOutcome::RolledBack(failures));
+    }
+    let principal = principal.to_owned();
+
+    let outcome = db
+        .write(move |conn| {
+            let mut keys: Vec<(String, String)> = parsed
+                .iter()
+                .filter_map(|item| match &item.operation {
+                    BatchOperation::Create { id: Some(id), .. } | BatchOperation::Write { id, .. } => {
+                        Some((item.collection.to_string(), id.to_key()))
+                    }
+                    BatchOperation::Create { id: None, .. } => None,
+                })
+                .collect();
+            keys.sort();
+            keys.dedup();
+            for (collection, id) in &keys {
+                records::lock_record(conn, collection, id)?;
+            }
+
+            // Each operation runs in a savepoint, so one that fails leaves
+            // the transaction usable and the others are still checked.
+            let mut outcomes = Vec::with_capacity(parsed.len());
+            let mut failures = Vec::new();
+            for (index, item) in parsed.iter().enumerate() {
+                match conn.transaction(|conn| run_item(conn, item, &principal)) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(error) => failures.push((index, error)),
+                }
+            }
+
+            if failures.is_empty() { Ok(outcomes) } else { Err(BatchError::RolledBack(failures)) }
+        })
+        .await;
+
+    match outcome {
+        Ok(outcomes) => Ok(AtomicOutcome::Committed(outcomes)),
+        Err(BatchError::RolledBack(failures)) => Ok(AtomicOutcome::RolledBack(failures)),
+        Err(BatchError::Service(error)) => Err(error),
+    }
+}
+
+/// Runs each operation in its own transaction, in order.
+pub async fn run_each(db: &Database, items: Vec<Result<BatchItem, ServiceError>>, principal: &str) -> ItemResults {
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let result = match item {
+            Err(error) => Err(error),
+            Ok(item) => {
+                let principal = principal.to_owned();
+                db.write(move |conn| run_item(conn, &item, &principal)).await
+            }
+        };
+        results.push(result);
+    }
+    results
+}
+
+fn run_item(conn: &mut DbConnection, item: &BatchItem, principal: &str) -> Result<ItemOutcome, ServiceError> {
+    let context = WriteContext { principal: principal.to_owned(), policy: item.policy.clone() };
+    let collection = item.collection.as_str();
+
+    match &item.operation {
+        BatchOperation::Create { id, fields } => {
+            context.policy.validate(fields).map_err(ServiceError::Validation)?;
+            let id = id.unwrap_or_else(RecordId::generate);
+            insert_in_transaction(conn, collection, id, fields.clone(), principal).map(ItemOutcome::Created)
+        }
+        BatchOperation::Write { id, expected, change } => {
+            let expected = require_expected(expected.clone(), &context)?;
+            let written = write_in_transaction(conn, collection, *id, &expected, change, &context)?;
+            Ok(match change {
+                Change::Delete => ItemOutcome::Deleted,
+                _ => ItemOutcome::Written(written),
+            })
+        }
+    }
+}
+
+/// How the atomic batch's transaction ended, when not committed.
+enum BatchError {
+    RolledBack(Vec<(usize, ServiceError)>),
+    Service(ServiceError),
+}
+
+impl From<StorageError> for BatchError {
+    fn from(error: StorageError) -> Self {
+        Self::Service(error.into())
+    }
+}
+
+impl From<diesel::result::Error> for BatchError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Service(error.into())
+    }
+}
+
+impl From<ServiceError> for BatchError {
+    fn from(error: ServiceError) -> Self {
+        Self::Service(error)
+    }
+}
