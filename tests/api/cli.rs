@@ -129,3 +129,13 @@ fn check_config_names_bad_key() {
         assert!(stderr.contains(key), "{key} missing from: {stderr}");
     }
 }
+
+#[test]
+fn example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/versa.toml");
+
+    let output = Command::new(VERSA).args(["check-config", example]).output().unwrap();
+
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("collections: 3 declared"));
+}
