@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::CollectionName;
 use super::record::Fields;
 
-/// What happens to a write based on a version that is no longer current.
+/// The handling of a write based on a version that is no longer current.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MergePolicy {
@@ -119,13 +119,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn fields(value: Value) -> Fields {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("not an object"),
-        }
-    }
+    use crate::domain::record::test_fields as fields;
 
     #[test]
     fn undeclared_collections_exist_only_without_declarations() {

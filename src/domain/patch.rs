@@ -92,13 +92,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn fields(value: Value) -> Fields {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("not an object"),
-        }
-    }
+    use crate::domain::record::test_fields as fields;
 
     #[test]
     fn merge_patch_follows_rfc_7396() {

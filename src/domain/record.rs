@@ -138,6 +138,15 @@ pub fn strip_reserved(fields: &mut Fields) {
     }
 }
 
+/// Unwraps a JSON object literal into fields, for tests.
+#[cfg(test)]
+pub(crate) fn test_fields(value: Value) -> Fields {
+    match value {
+        Value::Object(map) => map,
+        _ => panic!("not an object"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

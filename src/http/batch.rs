@@ -39,8 +39,9 @@ pub async fn run(state: web::Data<AppState>, body: JsonBody) -> Result<HttpRespo
     }
 }
 
-/// The status of a failed atomic batch: the failures' common status, or
-/// 409 when they differ and one is a conflict, else the first one's.
+/// Chooses the status of a failed atomic batch: the failures' common
+/// status, or 409 when they differ and one is a conflict, else the first
+/// one's.
 fn batch_status(failures: &[(StatusCode, Value)]) -> StatusCode {
     let first = failures.first().map(|(status, _)| *status).unwrap_or(StatusCode::CONFLICT);
     if failures.iter().all(|(status, _)| *status == first) {

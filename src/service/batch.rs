@@ -26,7 +26,7 @@ pub enum BatchOperation {
     Write { id: RecordId, expected: Option<ExpectedVersion>, change: Change },
 }
 
-/// What one operation did.
+/// The effect of one operation.
 #[derive(Debug, Clone)]
 pub enum ItemOutcome {
     Created(RecordSnapshot),
@@ -46,8 +46,10 @@ pub enum AtomicOutcome {
 }
 
 /// Runs every operation in one transaction. Before the first write it locks
-/// every record the batch names, in sorted order, so two batches cannot
-/// deadlock and each record's changes keep their order in the feed.
+/// every record the batch names, in sorted order, so two batches that name
+/// the same records wait for each other instead of deadlocking.
+// NOTE: on PostgreSQL these locks also keep each record's changes in
+// version order in the feed; no test covers that under concurrent batches.
 pub async fn run_atomic(db: &Database, items: Vec<Result<BatchItem, ServiceError>>, principal: &str) -> Result<AtomicOutcome, ServiceError> {
     let mut parsed = Vec::with_capacity(items.len());
     let mut failures = Vec::new();
@@ -138,7 +140,7 @@ fn run_item(conn: &mut DbConnection, item: &BatchItem, principal: &str) -> Resul
     }
 }
 
-/// How the atomic batch's transaction ended, when not committed.
+/// The end of an atomic batch's transaction that did not commit.
 enum BatchError {
     RolledBack(Vec<(usize, ServiceError)>),
     Service(ServiceError),

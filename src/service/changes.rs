@@ -61,7 +61,7 @@ pub fn decode_position(text: &str) -> Result<FeedPosition, ServiceError> {
         return Err(invalid());
     }
     // TODO: a well-formed cursor past the end of the feed is accepted, so its
-    // holder never sees another change. Checking it against the feed's
+    // holder never receives another change. Checking it against the feed's
     // current end would catch forged cursors.
     Ok(FeedPosition { txid, seq })
 }

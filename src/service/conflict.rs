@@ -37,9 +37,9 @@ pub enum Resolution {
     Conflict(Box<ConflictReport>),
 }
 
-/// Decides a stale write: in a `merge = "fields"` collection a write whose
+/// Decides a stale write. In a `merge = "fields"` collection a write whose
 /// changes overlap no change made since its base is merged into the
-/// current version; otherwise it is a conflict.
+/// current version. Any other stale write is a conflict.
 pub fn resolve(
     conn: &mut DbConnection,
     current: &RecordRow,

@@ -126,8 +126,8 @@ const STRICTER: &str = "[collections.loose]\nschema = { type = \"object\", prope
 
 both_backends!(config = LOOSE; restore_checks_current_schema);
 
-/// A revision written before the schema existed cannot be restored once it
-/// fails the schema.
+/// Checks that a revision written before the schema existed cannot be
+/// restored once it fails the schema.
 async fn restore_checks_current_schema(app: TestApp) {
     let created = app.create("loose", json!({"title": 5})).await;
     let path = format!("/v1/loose/{}", created["id"].as_str().unwrap());
