@@ -12,6 +12,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
+use crate::push::Hub;
 use crate::storage::{Database, StorageError, migrations};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum StartupError {
         #[source]
         source: StorageError,
     },
+    #[error("cannot start the change feed reader")]
+    Push(#[source] crate::service::ServiceError),
     #[error("cannot listen on {bind}")]
     Bind {
         bind: String,
@@ -34,6 +37,7 @@ pub enum StartupError {
 pub struct Application {
     address: SocketAddr,
     server: Server,
+    hub: Arc<Hub>,
 }
 
 impl Application {
@@ -46,10 +50,12 @@ impl Application {
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
         let address = listener.local_addr().map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
 
+        let hub = Hub::start(db.clone(), settings.server.push_buffer).await.map_err(StartupError::Push)?;
         let state = web::Data::new(AppState {
             db: db.clone(),
             settings: Arc::new(settings.server.clone()),
             collections: Arc::new(settings.collections.clone()),
+            hub: hub.clone(),
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -59,7 +65,10 @@ impl Application {
                 .wrap(from_fn(http::add_request_id))
                 .wrap(TracingLogger::default())
         })
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs());
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
+        // Signals are handled in `run_until_stopped`, which closes push
+        // streams before the drain; otherwise they would hold it open.
+        .disable_signals();
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
@@ -68,7 +77,7 @@ impl Application {
         tokio::spawn(prune_changes(db.clone(), settings.database.change_retention));
 
         tracing::info!(%address, database = %db.url(), "listening");
-        Ok(Self { address, server })
+        Ok(Self { address, server, hub })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -79,13 +88,47 @@ impl Application {
         self.address.port()
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then drains in-flight requests for up
+    /// Serves until SIGTERM or Ctrl-C. Then it sends push subscribers a
+    /// final message, ends long-polls, and drains in-flight requests for up
     /// to `server.shutdown_timeout`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            tracing::info!("shutting down: closing push streams and draining requests");
+            hub.shutdown();
+            handle.stop(true).await;
+        });
+
+        self.run().await
+    }
+
+    /// Serves without listening for signals, for embedding the server (as
+    /// the tests do); it stops when its runtime ends.
+    pub async fn run(self) -> std::io::Result<()> {
         let result = self.server.await;
         tracing::info!(address = %self.address, "server stopped");
         result
     }
+}
+
+/// Returns when the process gets SIGTERM or Ctrl-C.
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                return;
+            }
+            Err(error) => tracing::warn!(error = %error, "cannot listen for SIGTERM; only Ctrl-C stops the server"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Opens the pools and applies pending migrations, off the async threads.

@@ -31,6 +31,10 @@ pub struct ServerSettings {
     pub max_json_depth: usize,
     /// Maximum number of operations in one `POST /v1/_batch`.
     pub max_batch_operations: usize,
+    /// Interval of heartbeat comments on idle push connections.
+    pub heartbeat: Duration,
+    /// Events a push subscriber may fall behind before it is reset.
+    pub push_buffer: usize,
     /// Status of a stale-version response: 409 (default) or 412.
     pub conflict_status: u16,
     pub cors_origins: Vec<String>,
@@ -59,6 +63,8 @@ impl Default for Settings {
                 max_body_bytes: 1024 * 1024,
                 max_json_depth: 64,
                 max_batch_operations: 100,
+                heartbeat: Duration::from_secs(15),
+                push_buffer: 1024,
                 conflict_status: 409,
                 cors_origins: Vec::new(),
                 workers: None,
@@ -106,6 +112,8 @@ struct ServerFile {
     max_body_bytes: Option<usize>,
     max_json_depth: Option<usize>,
     max_batch_operations: Option<usize>,
+    heartbeat_seconds: Option<u64>,
+    push_buffer: Option<usize>,
     conflict_status: Option<u16>,
     cors_origins: Option<Vec<String>>,
     workers: Option<usize>,
@@ -158,6 +166,12 @@ impl Settings {
         }
         if let Some(operations) = file.server.max_batch_operations {
             server.max_batch_operations = positive(operations, "server.max_batch_operations")?;
+        }
+        if let Some(seconds) = file.server.heartbeat_seconds {
+            server.heartbeat = Duration::from_secs(positive(seconds as usize, "server.heartbeat_seconds")? as u64);
+        }
+        if let Some(events) = file.server.push_buffer {
+            server.push_buffer = positive(events, "server.push_buffer")?;
         }
         if let Some(status) = file.server.conflict_status {
             if status != 409 && status != 412 {

@@ -46,16 +46,7 @@ pub fn apply_merge_patch(current: &Fields, patch: &Fields) -> Fields {
 /// An operation on a server-managed member, any failing operation (the patch
 /// is all or nothing), or a result that is not an object.
 pub fn apply_json_patch(wire: &Value, patch: &Patch) -> Result<Fields, PatchError> {
-    for (index, operation) in patch.0.iter().enumerate() {
-        for path in written_paths(operation) {
-            // An operation on the root ("") would replace the managed
-            // members along with everything else.
-            let top = path.split('/').nth(1).unwrap_or("");
-            if path.is_empty() || RESERVED_MEMBERS.contains(&top) {
-                return Err(PatchError::ReservedMember { index, path: path.to_owned() });
-            }
-        }
-    }
+    check_written_paths(patch)?;
 
     // The patch runs on a copy, which is dropped on failure; that makes the
     // whole patch atomic without the library's undo step.
@@ -73,6 +64,26 @@ pub fn apply_json_patch(wire: &Value, patch: &Patch) -> Result<Fields, PatchErro
         }
         _ => Err(PatchError::NotAnObject),
     }
+}
+
+/// Rejects a patch that writes to a server-managed member or to the whole
+/// document, whatever the record it is applied to.
+///
+/// # Errors
+///
+/// [`PatchError::ReservedMember`] naming the first such operation.
+pub fn check_written_paths(patch: &Patch) -> Result<(), PatchError> {
+    for (index, operation) in patch.0.iter().enumerate() {
+        for path in written_paths(operation) {
+            // An operation on the root ("") would replace the managed
+            // members along with everything else.
+            let top = path.split('/').nth(1).unwrap_or("");
+            if path.is_empty() || RESERVED_MEMBERS.contains(&top) {
+                return Err(PatchError::ReservedMember { index, path: path.to_owned() });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Returns the pointers an operation writes to or moves from.

@@ -34,21 +34,22 @@ pub async fn run(state: web::Data<AppState>, body: JsonBody) -> Result<HttpRespo
         AtomicOutcome::RolledBack(failures) => {
             let failures: Vec<(StatusCode, Value)> =
                 failures.into_iter().map(|(index, error)| failure_json(&state, index, error)).collect();
-            Err(ApiError::BatchFailed { status: batch_status(&failures), failures: failures.into_iter().map(|(_, body)| body).collect(), total })
+            let conflict = StatusCode::from_u16(state.settings.conflict_status).unwrap_or(StatusCode::CONFLICT);
+            Err(ApiError::BatchFailed { status: batch_status(&failures, conflict), failures: failures.into_iter().map(|(_, body)| body).collect(), total })
         }
     }
 }
 
 /// Chooses the status of a failed atomic batch: the failures' common
-/// status, or 409 when they differ and one is a conflict, else the first
-/// one's.
-fn batch_status(failures: &[(StatusCode, Value)]) -> StatusCode {
-    let first = failures.first().map(|(status, _)| *status).unwrap_or(StatusCode::CONFLICT);
+/// status, or the conflict status (409, or 412 when configured) when they
+/// differ and one is a version conflict, else the first one's.
+fn batch_status(failures: &[(StatusCode, Value)], conflict: StatusCode) -> StatusCode {
+    let first = failures.first().map(|(status, _)| *status).unwrap_or(conflict);
     if failures.iter().all(|(status, _)| *status == first) {
         return first;
     }
-    if failures.iter().any(|(status, _)| *status == StatusCode::CONFLICT) {
-        return StatusCode::CONFLICT;
+    if failures.iter().any(|(status, _)| *status == conflict) {
+        return conflict;
     }
     first
 }
@@ -157,7 +158,11 @@ fn item_json(state: &AppState, index: usize, result: Result<ItemOutcome, Service
 }
 
 fn failure_json(state: &AppState, index: usize, error: ServiceError) -> (StatusCode, Value) {
-    let (status, problem) = state.api_error(error).to_problem();
+    let error = state.api_error(error);
+    let (status, problem) = error.to_problem();
+    if status.is_server_error() {
+        tracing::error!(error = %error, source = ?std::error::Error::source(&error), index, "batch operation failed");
+    }
     (status, json!({"index": index, "status": status.as_u16(), "problem": problem}))
 }
 

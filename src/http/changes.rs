@@ -9,39 +9,22 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{QueryPairs, unknown_parameter};
 use super::response::{json_response, to_json};
-use crate::service::list::parse_limit;
-use crate::domain::CollectionName;
-use crate::service::ServiceError;
 use crate::service::changes::{self, decode_position};
+use crate::service::list::parse_limit;
 
 /// Maximum long-poll wait, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 60;
-/// How often a long-poll looks for new changes.
-// TODO: polling replaces a commit notification; an in-process
-// wake-up (SQLite) and LISTEN/NOTIFY (PostgreSQL) would return sooner and
-// read the table less.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const DEFAULT_LIMIT: i64 = 100;
 
 pub async fn list(state: web::Data<AppState>, query: QueryPairs) -> Result<HttpResponse, ApiError> {
     let mut since = None;
-    let mut collections = Vec::new();
+    let mut filter = Default::default();
     let mut limit = DEFAULT_LIMIT;
     let mut wait = Duration::ZERO;
     for (name, value) in query.0 {
         match name.as_str() {
             "since" => since = Some(decode_position(&value)?),
-            "collections" => {
-                for raw in value.split(',').filter(|raw| !raw.is_empty()) {
-                    let collection = CollectionName::parse(raw).map_err(|error| {
-                        ApiError::bad_request("invalid-query", format!("Invalid collection name {raw:?} in collections: {error}."))
-                    })?;
-                    if state.collections.get(&collection).is_none() {
-                        return Err(ServiceError::CollectionNotFound { name: collection.to_string() }.into());
-                    }
-                    collections.push(collection.to_string());
-                }
-            }
+            "collections" | "ids" => state.add_to_filter(&mut filter, &name, &value)?,
             "limit" => limit = parse_limit(&value)?,
             "wait" => {
                 let seconds = value.parse::<u64>().ok().filter(|seconds| *seconds <= MAX_WAIT_SECONDS).ok_or_else(|| {
@@ -49,17 +32,26 @@ pub async fn list(state: web::Data<AppState>, query: QueryPairs) -> Result<HttpR
                 })?;
                 wait = Duration::from_secs(seconds);
             }
-            other => return Err(unknown_parameter(other, "since, collections, limit and wait")),
+            other => return Err(unknown_parameter(other, "since, collections, ids, limit and wait")),
         }
     }
 
+    // The feed reader's position moves whenever a change becomes readable,
+    // on this instance or, through the database, on another one.
     let deadline = tokio::time::Instant::now() + wait;
+    let mut head = state.hub.watch_head();
+    let mut shutdown = state.hub.shutdown_signal();
     let page = loop {
-        let page = changes::read(&state.db, since, collections.clone(), limit).await?;
-        if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline {
+        head.borrow_and_update();
+        let page = changes::read(&state.db, since, filter.clone(), limit).await?;
+        if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
             break page;
         }
-        tokio::time::sleep(POLL_INTERVAL.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+        tokio::select! {
+            _ = head.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.changed() => {}
+        }
     };
 
     Ok(json_response(StatusCode::OK, to_json(&page)?, None))

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod changes;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod records;
@@ -22,6 +23,9 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use tracing_actix_web::RequestId;
 
 use crate::config::ServerSettings;
+use crate::domain::{CollectionName, RecordId};
+use crate::push::Hub;
+use crate::storage::feed::FeedFilter;
 use crate::domain::collection::{CollectionPolicy, Collections};
 use crate::service::records::WriteContext;
 use crate::service::ServiceError;
@@ -37,6 +41,7 @@ pub struct AppState {
     pub db: Database,
     pub settings: Arc<ServerSettings>,
     pub collections: Arc<Collections>,
+    pub hub: Arc<Hub>,
 }
 
 impl AppState {
@@ -47,6 +52,27 @@ impl AppState {
     /// Returns who writes and under which collection rules.
     pub fn write_context(&self, policy: &Arc<CollectionPolicy>) -> WriteContext {
         WriteContext { principal: self.principal().to_owned(), policy: policy.clone() }
+    }
+
+    /// Adds a comma-separated `collections` or `ids` parameter to a feed
+    /// filter. Collections must exist and ids must be UUIDs.
+    pub fn add_to_filter(&self, filter: &mut FeedFilter, name: &str, value: &str) -> Result<(), ApiError> {
+        for raw in value.split(',').filter(|raw| !raw.is_empty()) {
+            if name == "ids" {
+                let id = RecordId::parse(raw)
+                    .map_err(|_| ApiError::bad_request("invalid-query", format!("Invalid record id {raw:?} in ids: record ids are UUIDs.")))?;
+                filter.ids.push(id.to_key());
+                continue;
+            }
+            let collection = CollectionName::parse(raw).map_err(|error| {
+                ApiError::bad_request("invalid-query", format!("Invalid collection name {raw:?} in collections: {error}."))
+            })?;
+            if self.collections.get(&collection).is_none() {
+                return Err(ServiceError::CollectionNotFound { name: collection.to_string() }.into());
+            }
+            filter.collections.push(collection.to_string());
+        }
+        Ok(())
     }
 
     /// Converts a service error for the client. A stale write gets the
@@ -95,6 +121,7 @@ routes! {
     get "/openapi.yaml" => health::openapi,
     get "/v1/_changes" => changes::list,
     post "/v1/_batch" => batch::run,
+    get "/v1/_events" => events::stream,
     get "/v1/{collection}" => records::list,
     post "/v1/{collection}" => records::create,
     get "/v1/{collection}/{id}" => records::get,

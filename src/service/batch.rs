@@ -51,16 +51,16 @@ pub enum AtomicOutcome {
 // NOTE: on PostgreSQL these locks also keep each record's changes in
 // version order in the feed; no test covers that under concurrent batches.
 pub async fn run_atomic(db: &Database, items: Vec<Result<BatchItem, ServiceError>>, principal: &str) -> Result<AtomicOutcome, ServiceError> {
+    // Operations that parsed still run, so that the answer lists every
+    // failing operation, malformed and stale alike; nothing is committed
+    // unless all of them succeed.
     let mut parsed = Vec::with_capacity(items.len());
-    let mut failures = Vec::new();
+    let mut parse_failures = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         match item {
-            Ok(item) => parsed.push(item),
-            Err(error) => failures.push((index, error)),
+            Ok(item) => parsed.push((index, item)),
+            Err(error) => parse_failures.push((index, error)),
         }
-    }
-    if !failures.is_empty() {
-        return Ok(AtomicOutcome::RolledBack(failures));
     }
     let principal = principal.to_owned();
 
@@ -68,7 +68,7 @@ pub async fn run_atomic(db: &Database, items: Vec<Result<BatchItem, ServiceError
         .write(move |conn| {
             let mut keys: Vec<(String, String)> = parsed
                 .iter()
-                .filter_map(|item| match &item.operation {
+                .filter_map(|(_, item)| match &item.operation {
                     BatchOperation::Create { id: Some(id), .. } | BatchOperation::Write { id, .. } => {
                         Some((item.collection.to_string(), id.to_key()))
                     }
@@ -84,15 +84,20 @@ pub async fn run_atomic(db: &Database, items: Vec<Result<BatchItem, ServiceError
             // Each operation runs in a savepoint, so one that fails leaves
             // the transaction usable and the others are still checked.
             let mut outcomes = Vec::with_capacity(parsed.len());
-            let mut failures = Vec::new();
-            for (index, item) in parsed.iter().enumerate() {
+            let mut failures = parse_failures;
+            for (index, item) in &parsed {
                 match conn.transaction(|conn| run_item(conn, item, &principal)) {
                     Ok(outcome) => outcomes.push(outcome),
-                    Err(error) => failures.push((index, error)),
+                    Err(error) => failures.push((*index, error)),
                 }
             }
 
-            if failures.is_empty() { Ok(outcomes) } else { Err(BatchError::RolledBack(failures)) }
+            if failures.is_empty() {
+                Ok(outcomes)
+            } else {
+                failures.sort_by_key(|(index, _)| *index);
+                Err(BatchError::RolledBack(failures))
+            }
         })
         .await;
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::{ServiceError, cursor};
 use crate::domain::record::format_timestamp;
 use crate::storage::Database;
-use crate::storage::feed::{self, FeedPosition};
+use crate::storage::feed::{self, FeedFilter, FeedPosition};
 use crate::storage::models::{ChangeRow, now};
 
 /// One committed change as the feed shows it.
@@ -73,11 +73,11 @@ pub fn decode_position(text: &str) -> Result<FeedPosition, ServiceError> {
 ///
 /// [`ServiceError::CursorExpired`] when retention has deleted changes after
 /// `since`.
-pub async fn read(db: &Database, since: Option<FeedPosition>, collections: Vec<String>, limit: i64) -> Result<ChangesPage, ServiceError> {
+pub async fn read(db: &Database, since: Option<FeedPosition>, filter: FeedFilter, limit: i64) -> Result<ChangesPage, ServiceError> {
     let (rows, start) = db
         .read(move |conn| {
             let start = since.unwrap_or_default();
-            let rows = feed::changes_after(conn, start, &collections, limit)?;
+            let rows = feed::changes_after(conn, start, &filter, limit)?;
 
             // The horizon is read after the changes: if retention deleted
             // anything after the cursor in between, the horizon shows it.

@@ -7,7 +7,7 @@ use super::ServiceError;
 use super::records::Change;
 use crate::domain::collection::{CollectionPolicy, MergePolicy};
 use crate::domain::diff::{FieldConflict, RevisionSummary, apply_changes, three_way};
-use crate::domain::patch::{PatchError, apply_json_patch, apply_merge_patch};
+use crate::domain::patch::{apply_json_patch, apply_merge_patch};
 use crate::domain::record::{Fields, to_wire};
 use crate::domain::{ExpectedVersion, RecordMeta};
 use crate::storage::models::{RecordRow, RevisionRow};
@@ -160,21 +160,12 @@ impl Comparison {
 /// Rebuilds the writer's record as if its change had been applied to its
 /// base. A JSON Patch with `test` operations is not rebuilt: its tests
 /// assert the current state, which has moved on, so it is never merged.
-///
-/// # Errors
-///
-/// A JSON Patch that writes a server-managed member, which is invalid
-/// whatever the version.
 fn yours_from_base(base_meta: &RecordMeta, base: &Fields, change: &Change) -> Result<Option<Fields>, ServiceError> {
     Ok(match change {
         Change::Replace(fields) => Some(fields.clone()),
         Change::MergePatch(patch) => Some(apply_merge_patch(base, patch)),
         Change::JsonPatch(patch) if patch.0.iter().any(|operation| matches!(operation, json_patch::PatchOperation::Test(_))) => None,
-        Change::JsonPatch(patch) => match apply_json_patch(&to_wire(base_meta, base), patch) {
-            Ok(fields) => Some(fields),
-            Err(error @ PatchError::ReservedMember { .. }) => return Err(error.into()),
-            Err(_) => None,
-        },
+        Change::JsonPatch(patch) => apply_json_patch(&to_wire(base_meta, base), patch).ok(),
         Change::Delete | Change::Restore(_) => None,
     })
 }

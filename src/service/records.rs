@@ -12,7 +12,7 @@ use super::conflict::{self, Resolution};
 use super::{RecordSnapshot, ServiceError};
 use crate::domain::collection::CollectionPolicy;
 use crate::domain::diff::changed_paths;
-use crate::domain::patch::{apply_json_patch, apply_merge_patch};
+use crate::domain::patch::{apply_json_patch, apply_merge_patch, check_written_paths};
 use crate::domain::record::{Fields, to_wire};
 use crate::domain::{CollectionName, ExpectedVersion, Operation, RecordId};
 use crate::storage::models::{IdempotencyRow, NewChange, RecordRow, RevisionRow, encode_fields, now};
@@ -300,6 +300,9 @@ pub async fn write(
     context: &WriteContext,
 ) -> Result<Written, ServiceError> {
     let expected = require_expected(expected, context)?;
+    if let Change::JsonPatch(patch) = &change {
+        check_written_paths(patch)?;
+    }
 
     let collection = collection.to_string();
     let context = context.clone();

@@ -1,7 +1,10 @@
 //! Connections and pools for both back ends, chosen by the database URL.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -156,6 +159,9 @@ pub struct Database {
     url: DatabaseUrl,
     reader: DbPool,
     writer: DbPool,
+    /// Signalled after every committed write transaction, so that this
+    /// instance's change feed reader looks for new changes at once.
+    committed: Arc<Notify>,
 }
 
 impl Database {
@@ -180,13 +186,13 @@ impl Database {
         match url.backend {
             Backend::Postgres => {
                 let pool = build(pool_size.max(1))?;
-                Ok(Self { url: url.clone(), reader: pool.clone(), writer: pool })
+                Ok(Self { url: url.clone(), reader: pool.clone(), writer: pool, committed: Arc::default() })
             }
             Backend::Sqlite => {
                 let writer = build(1)?;
                 writer.get()?.batch_execute("PRAGMA journal_mode = WAL;")?;
                 let reader = build(pool_size.max(1))?;
-                Ok(Self { url: url.clone(), reader, writer })
+                Ok(Self { url: url.clone(), reader, writer, committed: Arc::default() })
             }
         }
     }
@@ -197,6 +203,11 @@ impl Database {
 
     pub fn url(&self) -> &DatabaseUrl {
         &self.url
+    }
+
+    /// Returns the signal raised after each committed write transaction.
+    pub fn commit_signal(&self) -> Arc<Notify> {
+        self.committed.clone()
     }
 
     /// Runs `task` on the blocking pool with a read connection.
@@ -224,13 +235,17 @@ impl Database {
         E: From<StorageError> + From<diesel::result::Error> + Send + 'static,
     {
         let pool = self.writer.clone();
-        actix_web::web::block(move || {
+        let result = actix_web::web::block(move || {
             let mut conn = pool.get().map_err(StorageError::from)?;
             let conn: &mut DbConnection = &mut conn;
             conn.transaction(task)
         })
         .await
-        .map_err(StorageError::from)?
+        .map_err(StorageError::from)?;
+        if result.is_ok() {
+            self.committed.notify_one();
+        }
+        result
     }
 
     /// Runs `task` with a write connection outside any transaction, for

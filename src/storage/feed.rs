@@ -27,14 +27,23 @@ pub struct FeedPosition {
     pub seq: i64,
 }
 
-/// Changes after `after`, in feed order, restricted to `collections` when it
-/// is not empty.
-pub fn changes_after(
-    conn: &mut DbConnection,
-    after: FeedPosition,
-    collections: &[String],
-    limit: i64,
-) -> Result<Vec<ChangeRow>, StorageError> {
+/// Restricts a feed read to some collections and record ids; an empty list
+/// means no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedFilter {
+    pub collections: Vec<String>,
+    pub ids: Vec<String>,
+}
+
+impl FeedFilter {
+    pub fn matches(&self, collection: &str, id: &str) -> bool {
+        (self.collections.is_empty() || self.collections.iter().any(|name| name == collection))
+            && (self.ids.is_empty() || self.ids.iter().any(|wanted| wanted == id))
+    }
+}
+
+/// Changes after `after`, in feed order, that match `filter`.
+pub fn changes_after(conn: &mut DbConnection, after: FeedPosition, filter: &FeedFilter, limit: i64) -> Result<Vec<ChangeRow>, StorageError> {
     let mut query = changes::table
         .filter(
             changes::txid
@@ -46,14 +55,30 @@ pub fn changes_after(
         .select(ChangeRow::as_select())
         .into_boxed();
 
-    if !collections.is_empty() {
-        query = query.filter(changes::collection.eq_any(collections.to_vec()));
+    if !filter.collections.is_empty() {
+        query = query.filter(changes::collection.eq_any(filter.collections.clone()));
+    }
+    if !filter.ids.is_empty() {
+        query = query.filter(changes::record_id.eq_any(filter.ids.clone()));
     }
     if let DbConnection::Postgresql(_) = conn {
         query = query.filter(sql::<Bool>(VISIBLE_ON_POSTGRES));
     }
 
     Ok(query.load(conn)?)
+}
+
+/// Returns the position of the newest change readers can see, or the
+/// retention horizon when the feed is empty.
+pub fn end(conn: &mut DbConnection) -> Result<FeedPosition, StorageError> {
+    let mut newest = changes::table.order((changes::txid.desc(), changes::seq.desc())).select((changes::txid, changes::seq)).into_boxed();
+    if let DbConnection::Postgresql(_) = conn {
+        newest = newest.filter(sql::<Bool>(VISIBLE_ON_POSTGRES));
+    }
+    match newest.first::<(i64, i64)>(conn).optional()? {
+        Some((txid, seq)) => Ok(FeedPosition { txid, seq }),
+        None => horizon(conn),
+    }
 }
 
 /// Returns the position of the newest change removed by retention; a cursor

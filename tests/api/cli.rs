@@ -139,3 +139,51 @@ fn example_config_is_valid() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("collections: 3 declared"));
 }
+
+#[test]
+fn sigterm_closes_event_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(VERSA)
+        .args(["serve", "--bind", "127.0.0.1:0", "--database-url", "sqlite://test.db"])
+        .env_remove("VERSA_CONFIG")
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut address = None;
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.contains("listening") {
+            address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_owned);
+            break;
+        }
+        line.clear();
+    }
+    let address = address.expect("listening line");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (text, elapsed) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let response = client.get(format!("http://{address}/v1/_events")).send().await.unwrap();
+        let mut body = Box::pin(response.bytes_stream());
+        let mut text = String::new();
+        while !text.contains(": ready") {
+            let chunk = futures_util::StreamExt::next(&mut body).await.unwrap().unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+
+        let started = std::time::Instant::now();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        while let Some(Ok(chunk)) = tokio::time::timeout(Duration::from_secs(20), futures_util::StreamExt::next(&mut body)).await.unwrap() {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        (text, started.elapsed())
+    });
+    let exit = child.wait().unwrap();
+
+    assert!(exit.success(), "{exit:?}");
+    assert!(text.contains("event: shutdown\n"), "{text}");
+    assert!(elapsed < Duration::from_secs(10), "the stream stayed open for {elapsed:?}");
+}

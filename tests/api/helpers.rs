@@ -113,10 +113,14 @@ impl TestApp {
 
         let application = Application::build(settings).await.expect("server starts");
         let address = format!("http://{}", application.address());
-        tokio::spawn(application.run_until_stopped());
+        tokio::spawn(application.run());
 
         let client = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("HTTP client");
         Self { address, client, backend, database_url, _dir: dir }
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -231,4 +235,85 @@ pub async fn create_postgres_database() -> String {
 
     let (base, _) = admin_url.rsplit_once('/').expect("admin URL names a database");
     format!("{base}/{name}")
+}
+
+/// One Server-Sent Events frame; a comment has only `comment`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseFrame {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<Value>,
+    pub comment: Option<String>,
+}
+
+/// A reader of an open `text/event-stream` response.
+pub struct SseClient {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseClient {
+    /// Opens `path` and waits until the server reports the subscription
+    /// ready, so that every later commit reaches it. Returns the frames
+    /// received before that.
+    pub async fn open(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (Self, Vec<SseFrame>) {
+        let mut request = app.request(Method::GET, path).timeout(Duration::from_secs(600));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request sent");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "content-type"), "text/event-stream");
+        let mut client = Self { body: Box::pin(response.bytes_stream()), buffer: String::new() };
+
+        let mut before = Vec::new();
+        loop {
+            let frame = client.next_frame().await.expect("stream open until ready");
+            if frame.comment.as_deref() == Some("ready") {
+                return (client, before);
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Returns the next frame, or `None` when the stream ends. Fails the test
+    /// after 10 seconds without one.
+    pub async fn next_frame(&mut self) -> Option<SseFrame> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let text: String = self.buffer.drain(..end + 2).collect();
+                return Some(parse_frame(&text));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut self.body))
+                .await
+                .expect("an SSE frame within 10 seconds")?;
+            self.buffer.push_str(std::str::from_utf8(&chunk.expect("stream chunk")).expect("UTF-8 stream"));
+        }
+    }
+
+    /// Returns the next event frame, skipping comments.
+    pub async fn next_event(&mut self) -> Option<SseFrame> {
+        loop {
+            let frame = self.next_frame().await?;
+            if frame.comment.is_none() {
+                return Some(frame);
+            }
+        }
+    }
+}
+
+fn parse_frame(text: &str) -> SseFrame {
+    let mut frame = SseFrame::default();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix(": ") {
+            frame.comment = Some(comment.to_owned());
+        } else if let Some(event) = line.strip_prefix("event: ") {
+            frame.event = Some(event.to_owned());
+        } else if let Some(id) = line.strip_prefix("id: ") {
+            frame.id = Some(id.to_owned());
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            frame.data = Some(serde_json::from_str(data).expect("JSON data"));
+        }
+    }
+    frame
 }

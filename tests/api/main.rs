@@ -9,6 +9,7 @@ mod cli;
 mod collections;
 mod concurrency;
 mod errors;
+mod events;
 mod health;
 mod idempotency;
 mod list;

@@ -1,0 +1,124 @@
+//! The per-instance feed reader and its fan-out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, watch};
+
+use super::event::{self, PushEvent};
+use crate::service::ServiceError;
+use crate::storage::feed::{self, FeedFilter, FeedPosition};
+use crate::storage::{Backend, Database};
+
+/// Changes read per query by the feed reader.
+const READ_BATCH: i64 = 500;
+
+/// Reads the change feed once for this instance and broadcasts every change
+/// to the subscribers in memory.
+pub struct Hub {
+    db: Database,
+    events: broadcast::Sender<Arc<PushEvent>>,
+    head: watch::Sender<FeedPosition>,
+    wake: Arc<Notify>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Hub {
+    /// Starts the reader at the current end of the feed. `buffer` is how
+    /// many events a subscriber may fall behind before it is reset.
+    ///
+    /// # Errors
+    ///
+    /// A database error while finding the end of the feed.
+    pub async fn start(db: Database, buffer: usize) -> Result<Arc<Self>, ServiceError> {
+        let end = db.read(|conn| feed::end(conn).map_err(ServiceError::from)).await?;
+        let (events, _) = broadcast::channel(buffer.max(1));
+        let hub = Arc::new(Self {
+            wake: db.commit_signal(),
+            db,
+            events,
+            head: watch::Sender::new(end),
+            shutdown: watch::Sender::new(false),
+        });
+        tokio::spawn(hub.clone().run());
+        Ok(hub)
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Receives every change read after this call.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<PushEvent>> {
+        self.events.subscribe()
+    }
+
+    /// The position of the last change read.
+    pub fn head(&self) -> FeedPosition {
+        *self.head.borrow()
+    }
+
+    /// Changes each time the reader moves on.
+    pub fn watch_head(&self) -> watch::Receiver<FeedPosition> {
+        self.head.subscribe()
+    }
+
+    /// Looks for new changes now, for a wake-up from another instance.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops the reader and tells every subscriber to close.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Becomes `true` at shutdown.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Reads new changes whenever a write commits here, a wake-up arrives,
+    /// or the poll interval passes. PostgreSQL needs the poll: a change
+    /// becomes readable only when older transactions end, which no commit
+    /// on this instance signals.
+    async fn run(self: Arc<Self>) {
+        let poll = match self.db.backend() {
+            Backend::Postgres => Duration::from_millis(100),
+            Backend::Sqlite => Duration::from_secs(1),
+        };
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if let Err(error) = self.read_new().await {
+                tracing::warn!(error = %error, "change feed reader failed; retrying");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn read_new(&self) -> Result<(), ServiceError> {
+        loop {
+            let after = self.head();
+            let events = self
+                .db
+                .read(move |conn| event::load(conn, after, &FeedFilter::default(), READ_BATCH).map_err(ServiceError::from))
+                .await?;
+            let Some(last) = events.last().map(|event| event.position) else {
+                return Ok(());
+            };
+            let full = events.len() as i64 == READ_BATCH;
+            for event in events {
+                // No subscriber is not an error.
+                let _ = self.events.send(Arc::new(event));
+            }
+            self.head.send_replace(last);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}

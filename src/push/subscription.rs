@@ -1,0 +1,115 @@
+//! One subscriber's stream: catch up from a cursor, then follow the live
+//! fan-out, with heartbeats, until the client leaves, falls behind or the
+//! server stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+
+use super::Hub;
+use super::event::{self, PushEvent};
+use crate::service::ServiceError;
+use crate::storage::feed::{self, FeedFilter, FeedPosition};
+
+/// Messages queued per subscriber before its catch-up waits for the client.
+const QUEUE: usize = 64;
+const CATCH_UP_BATCH: i64 = 500;
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum PushMessage {
+    /// Catch-up is done; later commits arrive live.
+    Ready,
+    Event(Arc<PushEvent>),
+    /// The subscriber cannot continue from where it is: its cursor is older
+    /// than the retained history, or it fell behind. It must reload.
+    Reset { reason: &'static str },
+    Heartbeat,
+    /// The server is stopping.
+    Shutdown,
+}
+
+/// Starts a subscription and returns its message queue. The subscription
+/// ends when the queue's receiver is dropped, after a reset, or at shutdown.
+pub fn subscribe(hub: Arc<Hub>, filter: FeedFilter, since: Option<FeedPosition>, heartbeat: Duration) -> mpsc::Receiver<PushMessage> {
+    let (sink, messages) = mpsc::channel(QUEUE);
+    // Subscribe before reading the table, so that every change is either
+    // in the catch-up read or in the live stream.
+    let live = hub.subscribe();
+    let start = since.unwrap_or_else(|| hub.head());
+    tokio::spawn(async move {
+        if let Err(error) = follow(hub, filter, since.is_some(), start, live, sink, heartbeat).await {
+            tracing::warn!(error = %error, "push subscription ended by a database error");
+        }
+    });
+    messages
+}
+
+async fn follow(
+    hub: Arc<Hub>,
+    filter: FeedFilter,
+    resuming: bool,
+    start: FeedPosition,
+    mut live: broadcast::Receiver<Arc<PushEvent>>,
+    sink: mpsc::Sender<PushMessage>,
+    heartbeat: Duration,
+) -> Result<(), ServiceError> {
+    let mut last = start;
+
+    loop {
+        let (filter_copy, after) = (filter.clone(), last);
+        let (events, horizon) = hub
+            .database()
+            .read(move |conn| {
+                let events = event::load(conn, after, &filter_copy, CATCH_UP_BATCH)?;
+                Ok::<_, ServiceError>((events, feed::horizon(conn)?))
+            })
+            .await?;
+        if resuming && start < horizon {
+            let _ = sink.send(PushMessage::Reset { reason: "the cursor is older than the retained change history" }).await;
+            return Ok(());
+        }
+        let Some(newest) = events.last().map(|event| event.position) else { break };
+        for event in events {
+            if sink.send(PushMessage::Event(Arc::new(event))).await.is_err() {
+                return Ok(());
+            }
+        }
+        last = newest;
+    }
+    if sink.send(PushMessage::Ready).await.is_err() {
+        return Ok(());
+    }
+
+    let mut shutdown = hub.shutdown_signal();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    loop {
+        let message = tokio::select! {
+            received = live.recv() => match received {
+                Ok(event) if event.position > last && filter.matches(&event.collection, &event.id) => {
+                    last = event.position;
+                    PushMessage::Event(event)
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = sink.send(PushMessage::Reset { reason: "the subscriber fell too far behind" }).await;
+                    return Ok(());
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = ticks.tick() => PushMessage::Heartbeat,
+            _ = shutdown.changed() => {
+                let _ = sink.send(PushMessage::Shutdown).await;
+                return Ok(());
+            }
+            _ = sink.closed() => return Ok(()),
+        };
+        // A full queue means the client reads slower than changes arrive.
+        // Waiting here lets the live stream lag, which ends in a reset
+        // instead of unbounded memory.
+        if sink.send(message).await.is_err() {
+            return Ok(());
+        }
+    }
+}
