@@ -35,6 +35,10 @@ pub struct ServerSettings {
     pub heartbeat: Duration,
     /// Events a push subscriber may fall behind before it is reset.
     pub push_buffer: usize,
+    /// Maximum subscriptions on one WebSocket.
+    pub max_subscriptions: usize,
+    /// Maximum size of one WebSocket message from a client, in bytes.
+    pub max_ws_message_bytes: usize,
     /// Status of a stale-version response: 409 (default) or 412.
     pub conflict_status: u16,
     pub cors_origins: Vec<String>,
@@ -65,6 +69,8 @@ impl Default for Settings {
                 max_batch_operations: 100,
                 heartbeat: Duration::from_secs(15),
                 push_buffer: 1024,
+                max_subscriptions: 16,
+                max_ws_message_bytes: 64 * 1024,
                 conflict_status: 409,
                 cors_origins: Vec::new(),
                 workers: None,
@@ -114,6 +120,8 @@ struct ServerFile {
     max_batch_operations: Option<usize>,
     heartbeat_seconds: Option<u64>,
     push_buffer: Option<usize>,
+    max_subscriptions: Option<usize>,
+    max_ws_message_bytes: Option<usize>,
     conflict_status: Option<u16>,
     cors_origins: Option<Vec<String>>,
     workers: Option<usize>,
@@ -172,6 +180,12 @@ impl Settings {
         }
         if let Some(events) = file.server.push_buffer {
             server.push_buffer = positive(events, "server.push_buffer")?;
+        }
+        if let Some(count) = file.server.max_subscriptions {
+            server.max_subscriptions = positive(count, "server.max_subscriptions")?;
+        }
+        if let Some(bytes) = file.server.max_ws_message_bytes {
+            server.max_ws_message_bytes = positive(bytes, "server.max_ws_message_bytes")?;
         }
         if let Some(status) = file.server.conflict_status {
             if status != 409 && status != 412 {

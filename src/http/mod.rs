@@ -10,6 +10,7 @@ pub mod extract;
 pub mod health;
 pub mod records;
 pub mod response;
+pub mod socket;
 pub mod versions;
 
 use std::sync::Arc;
@@ -122,6 +123,7 @@ routes! {
     get "/v1/_changes" => changes::list,
     post "/v1/_batch" => batch::run,
     get "/v1/_events" => events::stream,
+    get "/v1/_ws" => socket::connect,
     get "/v1/{collection}" => records::list,
     post "/v1/{collection}" => records::create,
     get "/v1/{collection}/{id}" => records::get,

@@ -17,4 +17,5 @@ mod migrations;
 mod patch;
 mod preconditions;
 mod records;
+mod socket;
 mod versions;
