@@ -38,6 +38,7 @@ pub struct Application {
     address: SocketAddr,
     server: Server,
     hub: Arc<Hub>,
+    database: String,
 }
 
 impl Application {
@@ -76,8 +77,7 @@ impl Application {
 
         tokio::spawn(prune_changes(db.clone(), settings.database.change_retention));
 
-        tracing::info!(%address, database = %db.url(), "listening");
-        Ok(Self { address, server, hub })
+        Ok(Self { address, server, hub, database: db.url().to_string() })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -92,10 +92,13 @@ impl Application {
     /// final message, ends long-polls, and drains in-flight requests for up
     /// to `server.shutdown_timeout`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        // The handlers are installed before `run` logs that the server is
+        // listening, so a signal sent after that line stops it gracefully.
+        let stop = stop_signal();
         let handle = self.server.handle();
         let hub = self.hub.clone();
         tokio::spawn(async move {
-            wait_for_stop_signal().await;
+            stop.await;
             tracing::info!("shutting down: closing push streams and draining requests");
             hub.shutdown();
             handle.stop(true).await;
@@ -107,28 +110,43 @@ impl Application {
     /// Serves without listening for signals, for embedding the server (as
     /// the tests do); it stops when its runtime ends.
     pub async fn run(self) -> std::io::Result<()> {
+        tracing::info!(address = %self.address, database = %self.database, "listening");
         let result = self.server.await;
         tracing::info!(address = %self.address, "server stopped");
         result
     }
 }
 
-/// Returns when the process gets SIGTERM or Ctrl-C.
-async fn wait_for_stop_signal() {
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
+/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers now and returns a
+/// future that completes when either signal arrives.
+#[cfg(unix)]
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
                     _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
-                return;
             }
-            Err(error) => tracing::warn!(error = %error, "cannot listen for SIGTERM; only Ctrl-C stops the server"),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(error = %error, "cannot install signal handlers; stop the server by killing it");
+                std::future::pending::<()>().await;
+            }
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Returns a future that completes on Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Opens the pools and applies pending migrations, off the async threads.

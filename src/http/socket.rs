@@ -37,18 +37,44 @@ enum ClientMessage {
     },
 }
 
-/// The socket's live subscriptions. Dropping it, however the socket ends,
-/// stops every subscription task.
+/// The socket's live subscriptions, each with the number that tags its
+/// messages. Dropping it, however the socket ends, stops every subscription
+/// task.
 #[derive(Default)]
-struct Subscriptions(HashMap<String, AbortHandle>);
+struct Subscriptions {
+    active: HashMap<String, (u64, AbortHandle)>,
+    next_number: u64,
+}
+
+impl Subscriptions {
+    /// `true` when a message tagged `number` belongs to the live
+    /// subscription `id`. Aborting a task is not immediate, so messages of
+    /// an ended subscription can still arrive and are dropped.
+    fn is_current(&self, id: &str, number: u64) -> bool {
+        self.active.get(id).is_some_and(|(current, _)| *current == number)
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        match self.active.remove(id) {
+            Some((_, handle)) => {
+                handle.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 impl Drop for Subscriptions {
     fn drop(&mut self) {
-        for handle in self.0.values() {
+        for (_, handle) in self.active.values() {
             handle.abort();
         }
     }
 }
+
+/// A push message with the subscription it belongs to.
+type Tagged = (String, u64, PushMessage);
 
 pub async fn connect(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     let (response, session, stream) = actix_ws::handle(&req, body).map_err(|error| {
@@ -62,7 +88,7 @@ pub async fn connect(state: web::Data<AppState>, req: HttpRequest, body: web::Pa
 }
 
 async fn serve(state: Arc<AppState>, mut session: Session, mut stream: actix_ws::AggregatedMessageStream) {
-    let (sink, mut messages) = mpsc::channel::<(String, PushMessage)>(64);
+    let (sink, mut messages) = mpsc::channel::<Tagged>(64);
     let mut subscriptions = Subscriptions::default();
     let mut shutdown = state.hub.shutdown_signal();
     let heartbeat = state.settings.heartbeat;
@@ -97,9 +123,12 @@ async fn serve(state: Arc<AppState>, mut session: Session, mut stream: actix_ws:
                     break Some(CloseReason { code: CloseCode::Size, description: Some(error.to_string()) });
                 }
             },
-            Some((subscription, message)) = messages.recv() => {
+            Some((subscription, number, message)) = messages.recv() => {
+                if !subscriptions.is_current(&subscription, number) {
+                    continue;
+                }
                 if let PushMessage::Reset { .. } = message {
-                    subscriptions.0.remove(&subscription);
+                    subscriptions.remove(&subscription);
                 }
                 let Some(reply) = push_json(&subscription, &message) else { continue };
                 if session.text(reply.to_string()).await.is_err() {
@@ -124,7 +153,7 @@ async fn serve(state: Arc<AppState>, mut session: Session, mut stream: actix_ws:
 }
 
 /// Handles one client message; returns the immediate reply, if any.
-fn handle_text(state: &Arc<AppState>, text: &str, subscriptions: &mut Subscriptions, sink: &mpsc::Sender<(String, PushMessage)>) -> Option<Value> {
+fn handle_text(state: &Arc<AppState>, text: &str, subscriptions: &mut Subscriptions, sink: &mpsc::Sender<Tagged>) -> Option<Value> {
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(message) => message,
         Err(error) => return Some(error_message(None, "invalid-message", &format!("The message is not a valid client message: {error}."))),
@@ -132,22 +161,22 @@ fn handle_text(state: &Arc<AppState>, text: &str, subscriptions: &mut Subscripti
 
     match message {
         ClientMessage::Ping { payload } => Some(json!({"type": "pong", "payload": payload})),
-        ClientMessage::Unsubscribe { id } => match subscriptions.0.remove(&id) {
-            Some(handle) => {
-                handle.abort();
+        ClientMessage::Unsubscribe { id } => {
+            if subscriptions.remove(&id) {
                 Some(json!({"type": "unsubscribed", "subscription": id}))
+            } else {
+                Some(error_message(Some(&id), "unknown-subscription", "No subscription with this id is active on this socket."))
             }
-            None => Some(error_message(Some(&id), "unknown-subscription", "No subscription with this id is active on this socket.")),
-        },
+        }
         ClientMessage::Subscribe { id, collections, ids, since } => {
             if id.is_empty() || id.len() > 64 {
                 return Some(error_message(None, "invalid-message", "A subscription id must be 1 to 64 characters."));
             }
-            if subscriptions.0.contains_key(&id) {
+            if subscriptions.active.contains_key(&id) {
                 return Some(error_message(Some(&id), "duplicate-subscription", "A subscription with this id is already active; unsubscribe first or choose another id."));
             }
             let limit = state.settings.max_subscriptions;
-            if subscriptions.0.len() >= limit {
+            if subscriptions.active.len() >= limit {
                 return Some(error_message(Some(&id), "too-many-subscriptions", &format!("A socket may hold at most {limit} subscriptions; unsubscribe from one first.")));
             }
 
@@ -168,14 +197,16 @@ fn handle_text(state: &Arc<AppState>, text: &str, subscriptions: &mut Subscripti
             let mut receiver = push::subscribe(state.hub.clone(), filter, since, state.settings.heartbeat);
             let sink = sink.clone();
             let subscription = id.clone();
+            let number = subscriptions.next_number;
+            subscriptions.next_number += 1;
             let forwarder = tokio::spawn(async move {
                 while let Some(message) = receiver.recv().await {
-                    if sink.send((subscription.clone(), message)).await.is_err() {
+                    if sink.send((subscription.clone(), number, message)).await.is_err() {
                         return;
                     }
                 }
             });
-            subscriptions.0.insert(id, forwarder.abort_handle());
+            subscriptions.active.insert(id, (number, forwarder.abort_handle()));
             None
         }
     }

@@ -1,11 +1,13 @@
 //! The per-instance feed reader and its fan-out.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::event::{self, PushEvent};
+use super::listener;
 use crate::service::ServiceError;
 use crate::storage::feed::{self, FeedFilter, FeedPosition};
 use crate::storage::{Backend, Database};
@@ -21,6 +23,8 @@ pub struct Hub {
     head: watch::Sender<FeedPosition>,
     wake: Arc<Notify>,
     shutdown: watch::Sender<bool>,
+    /// Whether the PostgreSQL notification connection is up.
+    listening: Arc<AtomicBool>,
 }
 
 impl Hub {
@@ -39,7 +43,11 @@ impl Hub {
             events,
             head: watch::Sender::new(end),
             shutdown: watch::Sender::new(false),
+            listening: Arc::default(),
         });
+        if let Some(url) = hub.db.url().postgres_url() {
+            tokio::spawn(listener::listen(url.to_owned(), hub.wake.clone(), hub.listening.clone(), hub.shutdown.subscribe()));
+        }
         tokio::spawn(hub.clone().run());
         Ok(hub)
     }
@@ -78,20 +86,25 @@ impl Hub {
         self.shutdown.subscribe()
     }
 
-    /// Reads new changes whenever a write commits here, a wake-up arrives,
-    /// or the poll interval passes. PostgreSQL needs the poll: a change
-    /// becomes readable only when older transactions end, which no commit
-    /// on this instance signals.
+    /// Reads new changes whenever a write commits here, a notification
+    /// arrives from another instance, or the poll interval passes.
+    ///
+    /// On PostgreSQL a change becomes readable only once every older
+    /// transaction has ended, which no notification announces when the
+    /// older transaction is not a Versa write, so the reader also polls:
+    /// every second while notifications arrive, every 100 ms while the
+    /// notification connection is down. On SQLite, writes by another
+    /// instance on the same file are found by the one-second poll.
     async fn run(self: Arc<Self>) {
-        let poll = match self.db.backend() {
-            Backend::Postgres => Duration::from_millis(100),
-            Backend::Sqlite => Duration::from_secs(1),
-        };
         let mut shutdown = self.shutdown.subscribe();
         loop {
             if let Err(error) = self.read_new().await {
                 tracing::warn!(error = %error, "change feed reader failed; retrying");
             }
+            let poll = match self.db.backend() {
+                Backend::Postgres if !self.listening.load(Ordering::Relaxed) => Duration::from_millis(100),
+                _ => Duration::from_secs(1),
+            };
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}

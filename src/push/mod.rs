@@ -5,6 +5,7 @@
 
 pub mod event;
 pub mod hub;
+pub mod listener;
 pub mod subscription;
 
 pub use event::PushEvent;

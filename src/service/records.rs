@@ -438,6 +438,7 @@ fn record_history(conn: &mut DbConnection, row: &RecordRow, operation: Operation
             changed_at: row.updated_at,
         },
     )?;
+    records::notify_change(conn)?;
     Ok(())
 }
 

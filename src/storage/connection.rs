@@ -77,6 +77,11 @@ impl DatabaseUrl {
     pub fn backend(&self) -> Backend {
         self.backend
     }
+
+    /// The connection string, for PostgreSQL clients other than diesel.
+    pub fn postgres_url(&self) -> Option<&str> {
+        (self.backend == Backend::Postgres).then_some(self.target.as_str())
+    }
 }
 
 /// Shows the URL without its password, so that it can be logged.

@@ -24,6 +24,20 @@ pub fn lock_record(conn: &mut DbConnection, collection: &str, id: &str) -> Resul
     Ok(())
 }
 
+/// The channel on which PostgreSQL writers announce new changes.
+pub const CHANGES_CHANNEL: &str = "versa_changes";
+
+/// Announces a new change to every instance listening on PostgreSQL. The
+/// notification is delivered when the transaction commits and is only a
+/// wake-up: listeners read the change table for the changes themselves.
+/// PostgreSQL merges identical notifications of one transaction.
+pub fn notify_change(conn: &mut DbConnection) -> Result<(), StorageError> {
+    if let DbConnection::Postgresql(pg) = conn {
+        diesel::sql_query("SELECT pg_notify($1, '')").bind::<Text, _>(CHANGES_CHANNEL).execute(pg)?;
+    }
+    Ok(())
+}
+
 pub fn find(conn: &mut DbConnection, collection: &str, id: &str) -> Result<Option<RecordRow>, StorageError> {
     Ok(records::table
         .find((collection, id))
