@@ -154,3 +154,114 @@ async fn expired_cursor_is_410(app: TestApp) {
     let fresh = page["next_cursor"].as_str().unwrap();
     assert_eq!(app.get(&format!("/v1/_changes?since={fresh}")).await.status(), StatusCode::OK);
 }
+
+both_backends!(feed_follower_misses_nothing_under_concurrent_writers);
+
+/// Eight writers update six records, some through two-record atomic
+/// batches, while a follower pages through the feed three changes at a
+/// time. The follower must see every committed change exactly once, and
+/// each record's versions in increasing order.
+async fn feed_follower_misses_nothing_under_concurrent_writers(app: TestApp) {
+    const WRITERS: usize = 8;
+    const ROUNDS: usize = 12;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(app.create("hot", json!({"n": n})).await["id"].as_str().unwrap().to_owned());
+    }
+    app.settle_feed().await;
+    let start: Value = app.get("/v1/_changes?collections=hot").await.json().await.unwrap();
+    let start = start["next_cursor"].as_str().unwrap().to_owned();
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let follower = {
+        let client = app.client.clone();
+        let base = app.url("/v1/_changes?collections=hot&limit=3");
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut cursor = start;
+            let mut seen = Vec::new();
+            let mut empty_after_done = 0;
+            loop {
+                let page: Value = client.get(format!("{base}&since={cursor}")).send().await.unwrap().json().await.unwrap();
+                let changes = page["changes"].as_array().unwrap().clone();
+                cursor = page["next_cursor"].as_str().unwrap().to_owned();
+                if changes.is_empty() {
+                    if done.load(std::sync::atomic::Ordering::SeqCst) {
+                        empty_after_done += 1;
+                        if empty_after_done > 20 {
+                            return seen;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                seen.extend(changes.iter().map(|change| (change["id"].as_str().unwrap().to_owned(), change["version"].as_i64().unwrap())));
+            }
+        })
+    };
+
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let client = app.client.clone();
+        let base = app.url("");
+        let ids = ids.clone();
+        writers.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            for round in 0..ROUNDS {
+                let first = &ids[(writer + round) % ids.len()];
+                let second = &ids[(writer + round + 1) % ids.len()];
+                let read = |id: &String| client.get(format!("{base}/v1/hot/{id}")).send();
+                let a: Value = read(first).await.unwrap().json().await.unwrap();
+                if round % 2 == 0 {
+                    let response = client
+                        .patch(format!("{base}/v1/hot/{first}"))
+                        .header("content-type", "application/json")
+                        .header("if-match", format!("\"{}\"", a["version"]))
+                        .body(json!({"by": writer}).to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    if response.status() == StatusCode::OK {
+                        let body: Value = response.json().await.unwrap();
+                        committed.push((first.clone(), body["version"].as_i64().unwrap()));
+                    }
+                } else {
+                    let b: Value = read(second).await.unwrap().json().await.unwrap();
+                    let response = client
+                        .post(format!("{base}/v1/_batch"))
+                        .json(&json!({"atomic": true, "operations": [
+                            {"op": "update", "collection": "hot", "id": second, "version": b["version"], "patch": {"by": writer}},
+                            {"op": "update", "collection": "hot", "id": first, "version": a["version"], "patch": {"by": writer}},
+                        ]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    if response.status() == StatusCode::OK {
+                        let body: Value = response.json().await.unwrap();
+                        for result in body["results"].as_array().unwrap() {
+                            committed.push((result["record"]["id"].as_str().unwrap().to_owned(), result["record"]["version"].as_i64().unwrap()));
+                        }
+                    }
+                }
+            }
+            committed
+        }));
+    }
+    let mut committed = Vec::new();
+    for writer in writers {
+        committed.extend(writer.await.unwrap());
+    }
+    app.settle_feed().await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = follower.await.unwrap();
+
+    let mut expected = committed.clone();
+    expected.sort();
+    let mut received = seen.clone();
+    received.sort();
+    assert_eq!(received, expected, "the follower missed or repeated changes");
+    for id in &ids {
+        let versions: Vec<i64> = seen.iter().filter(|(seen_id, _)| seen_id == id).map(|(_, version)| *version).collect();
+        assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "versions of {id} out of order: {versions:?}");
+    }
+    assert!(!committed.is_empty());
+}
