@@ -11,6 +11,7 @@ use actix_web::{App, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
+use crate::http::metrics::Metrics;
 use crate::http::{self, AppState};
 use crate::push::Hub;
 use crate::storage::{Database, StorageError, migrations};
@@ -23,6 +24,8 @@ pub enum StartupError {
         #[source]
         source: StorageError,
     },
+    #[error("cannot create the metrics: {0}")]
+    Metrics(String),
     #[error("cannot start the change feed reader")]
     Push(#[source] crate::service::ServiceError),
     #[error("cannot listen on {bind}")]
@@ -57,12 +60,14 @@ impl Application {
             settings: Arc::new(settings.server.clone()),
             collections: Arc::new(settings.collections.clone()),
             hub: hub.clone(),
+            metrics: Arc::new(Metrics::new(hub.lag_gauge()).map_err(|error| StartupError::Metrics(error.to_string()))?),
         });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .configure(http::configure)
                 .default_service(web::to(http::fallback))
+                .wrap(from_fn(http::metrics::record))
                 .wrap(from_fn(http::add_request_id))
                 .wrap(TracingLogger::default())
         })

@@ -35,6 +35,8 @@ pub struct ServerSettings {
     pub heartbeat: Duration,
     /// Events a push subscriber may fall behind before it is reset.
     pub push_buffer: usize,
+    /// Whether `/metrics` answers clients other than loopback ones.
+    pub metrics_public: bool,
     /// Maximum subscriptions on one WebSocket.
     pub max_subscriptions: usize,
     /// Maximum size of one WebSocket message from a client, in bytes.
@@ -69,6 +71,7 @@ impl Default for Settings {
                 max_batch_operations: 100,
                 heartbeat: Duration::from_secs(15),
                 push_buffer: 1024,
+                metrics_public: false,
                 max_subscriptions: 16,
                 max_ws_message_bytes: 64 * 1024,
                 conflict_status: 409,
@@ -121,6 +124,7 @@ struct ServerFile {
     heartbeat_seconds: Option<u64>,
     push_buffer: Option<usize>,
     max_subscriptions: Option<usize>,
+    metrics_public: Option<bool>,
     max_ws_message_bytes: Option<usize>,
     conflict_status: Option<u16>,
     cors_origins: Option<Vec<String>>,
@@ -180,6 +184,9 @@ impl Settings {
         }
         if let Some(events) = file.server.push_buffer {
             server.push_buffer = positive(events, "server.push_buffer")?;
+        }
+        if let Some(public) = file.server.metrics_public {
+            server.metrics_public = public;
         }
         if let Some(count) = file.server.max_subscriptions {
             server.max_subscriptions = positive(count, "server.max_subscriptions")?;

@@ -36,6 +36,8 @@ pub enum ApiError {
     UnsupportedMediaType { detail: String },
     #[error("no route for this path")]
     RouteNotFound,
+    #[error("{detail}")]
+    Forbidden { detail: String },
     #[error("method not allowed")]
     MethodNotAllowed { allow: String },
     #[error("database not ready: {detail}")]
@@ -119,6 +121,7 @@ impl ApiError {
                 Problem::new(S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", detail.clone())
             }
             Self::RouteNotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found", "No endpoint exists at this path."),
+            Self::Forbidden { detail } => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", detail.clone()),
             Self::MethodNotAllowed { allow } => Problem::new(
                 S::METHOD_NOT_ALLOWED,
                 "method-not-allowed",

@@ -56,7 +56,7 @@ fn frame(message: &PushMessage) -> String {
         PushMessage::Ready => ": ready\n\n".to_owned(),
         PushMessage::Heartbeat => ": heartbeat\n\n".to_owned(),
         PushMessage::Event(event) => format!("event: {}\nid: {}\ndata: {}\n\n", event.event_type, event.cursor, event.message),
-        PushMessage::Reset { reason } => {
+        PushMessage::Reset { reason, .. } => {
             format!("event: reset\ndata: {}\n\n", json!({"type": "reset", "payload": {"reason": reason}, "cursor": null}))
         }
         PushMessage::Shutdown => format!(

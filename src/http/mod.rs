@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod records;
 pub mod response;
 pub mod socket;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub settings: Arc<ServerSettings>,
     pub collections: Arc<Collections>,
     pub hub: Arc<Hub>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -120,6 +122,7 @@ routes! {
     get "/healthz" => health::healthz,
     get "/readyz" => health::readyz,
     get "/openapi.yaml" => health::openapi,
+    get "/metrics" => metrics::scrape,
     get "/v1/_changes" => changes::list,
     post "/v1/_batch" => batch::run,
     get "/v1/_events" => events::stream,

@@ -120,7 +120,11 @@ async fn serve(state: Arc<AppState>, mut session: Session, mut stream: actix_ws:
                 Some(Ok(AggregatedMessage::Close(_))) | None => break None,
                 Some(Err(error)) => {
                     tracing::info!(error = %error, "closing a WebSocket after a protocol error");
-                    break Some(CloseReason { code: CloseCode::Size, description: Some(error.to_string()) });
+                    let code = match error {
+                        actix_ws::ProtocolError::Overflow => CloseCode::Size,
+                        _ => CloseCode::Protocol,
+                    };
+                    break Some(CloseReason { code, description: Some(error.to_string()) });
                 }
             },
             Some((subscription, number, message)) = messages.recv() => {
@@ -133,6 +137,11 @@ async fn serve(state: Arc<AppState>, mut session: Session, mut stream: actix_ws:
                 let Some(reply) = push_json(&subscription, &message) else { continue };
                 if session.text(reply.to_string()).await.is_err() {
                     break None;
+                }
+                // A socket whose reader falls behind is closed, not only the
+                // subscription: its other subscriptions are just as far behind.
+                if let PushMessage::Reset { lagged: true, .. } = message {
+                    break Some(CloseReason { code: CloseCode::Again, description: Some("the client fell too far behind".to_owned()) });
                 }
             }
             _ = ticks.tick() => {
@@ -169,7 +178,7 @@ fn handle_text(state: &Arc<AppState>, text: &str, subscriptions: &mut Subscripti
             }
         }
         ClientMessage::Subscribe { id, collections, ids, since } => {
-            if id.is_empty() || id.len() > 64 {
+            if id.is_empty() || id.chars().count() > 64 {
                 return Some(error_message(None, "invalid-message", "A subscription id must be 1 to 64 characters."));
             }
             if subscriptions.active.contains_key(&id) {
@@ -222,7 +231,7 @@ fn push_json(subscription: &str, message: &PushMessage) -> Option<Value> {
             value.as_object_mut()?.insert("subscription".into(), Value::String(subscription.to_owned()));
             Some(value)
         }
-        PushMessage::Reset { reason } => Some(json!({"type": "reset", "subscription": subscription, "payload": {"reason": reason}})),
+        PushMessage::Reset { reason, .. } => Some(json!({"type": "reset", "subscription": subscription, "payload": {"reason": reason}})),
         PushMessage::Heartbeat | PushMessage::Shutdown => None,
     }
 }

@@ -21,6 +21,8 @@ pub struct PushEvent {
     pub cursor: String,
     /// The message as JSON text: `{"type", "payload", "cursor"}`.
     pub message: String,
+    /// When the change was written.
+    pub changed_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Reads up to `limit` changes after `after` that match `filter`, with
@@ -36,7 +38,15 @@ fn build(conn: &mut DbConnection, row: &ChangeRow) -> Result<PushEvent, StorageE
     let event_type = format!("{}.{}", row.collection, row.operation);
 
     let message = json!({"type": event_type, "payload": payload(conn, row)?, "cursor": cursor}).to_string();
-    Ok(PushEvent { position, collection: row.collection.clone(), id: row.record_id.clone(), event_type, cursor, message })
+    Ok(PushEvent {
+        position,
+        collection: row.collection.clone(),
+        id: row.record_id.clone(),
+        event_type,
+        cursor,
+        message,
+        changed_at: row.changed_at.and_utc(),
+    })
 }
 
 /// The record as of the change's version. A revision pruned by

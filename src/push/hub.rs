@@ -25,6 +25,9 @@ pub struct Hub {
     shutdown: watch::Sender<bool>,
     /// Whether the PostgreSQL notification connection is up.
     listening: Arc<AtomicBool>,
+    /// Seconds between the last change's write and the moment the reader
+    /// read it.
+    lag: prometheus::Gauge,
 }
 
 impl Hub {
@@ -44,6 +47,11 @@ impl Hub {
             head: watch::Sender::new(end),
             shutdown: watch::Sender::new(false),
             listening: Arc::default(),
+            lag: prometheus::Gauge::new(
+                "versa_feed_lag_seconds",
+                "Seconds between a change's write and its reading by this instance's feed reader, for the last change read.",
+            )
+            .map_err(|error| ServiceError::Storage(crate::storage::StorageError::Corrupt(error.to_string())))?,
         });
         if let Some(url) = hub.db.url().postgres_url() {
             tokio::spawn(listener::listen(url.to_owned(), hub.wake.clone(), hub.listening.clone(), hub.shutdown.subscribe()));
@@ -54,6 +62,16 @@ impl Hub {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// The feed lag gauge, for the metrics registry.
+    pub fn lag_gauge(&self) -> prometheus::Gauge {
+        self.lag.clone()
+    }
+
+    /// Open subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.events.receiver_count()
     }
 
     /// Receives every change read after this call.
@@ -123,6 +141,10 @@ impl Hub {
             let Some(last) = events.last().map(|event| event.position) else {
                 return Ok(());
             };
+            if let Some(written) = events.last().map(|event| event.changed_at) {
+                let lag = crate::storage::models::now() - written;
+                self.lag.set(lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+            }
             let full = events.len() as i64 == READ_BATCH;
             for event in events {
                 // No subscriber is not an error.

@@ -23,8 +23,9 @@ pub enum PushMessage {
     Ready,
     Event(Arc<PushEvent>),
     /// The subscriber cannot continue from where it is: its cursor is older
-    /// than the retained history, or it fell behind. It must reload.
-    Reset { reason: &'static str },
+    /// than the retained history, or it fell behind (`lagged`). It must
+    /// reload.
+    Reset { reason: &'static str, lagged: bool },
     Heartbeat,
     /// The server is stopping.
     Shutdown,
@@ -67,7 +68,7 @@ async fn follow(
             })
             .await?;
         if resuming && start < horizon {
-            let _ = sink.send(PushMessage::Reset { reason: "the cursor is older than the retained change history" }).await;
+            let _ = sink.send(PushMessage::Reset { reason: "the cursor is older than the retained change history", lagged: false }).await;
             return Ok(());
         }
         let Some(newest) = events.last().map(|event| event.position) else { break };
@@ -93,7 +94,7 @@ async fn follow(
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let _ = sink.send(PushMessage::Reset { reason: "the subscriber fell too far behind" }).await;
+                    let _ = sink.send(PushMessage::Reset { reason: "the subscriber fell too far behind", lagged: true }).await;
                     return Ok(());
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),

@@ -110,3 +110,24 @@ pub fn prune_before(conn: &mut DbConnection, cutoff: NaiveDateTime) -> Result<us
     diesel::update(feed_horizon::table.find(1)).set((feed_horizon::txid.eq(txid), feed_horizon::seq.eq(seq))).execute(conn)?;
     Ok(deleted)
 }
+
+#[derive(diesel::QueryableByName)]
+struct Seconds {
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    seconds: f64,
+}
+
+/// Returns the age in seconds of the oldest transaction that holds back the
+/// feed on PostgreSQL: any transaction with an id or a snapshot, in every
+/// database of the cluster. Always 0 on SQLite.
+pub fn oldest_transaction_seconds(conn: &mut DbConnection) -> Result<f64, StorageError> {
+    let DbConnection::Postgresql(pg) = conn else {
+        return Ok(0.0);
+    };
+    let row: Seconds = diesel::sql_query(
+        "SELECT CAST(COALESCE(EXTRACT(EPOCH FROM max(clock_timestamp() - xact_start)), 0) AS double precision) AS seconds \
+         FROM pg_stat_activity WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid()",
+    )
+    .get_result(pg)?;
+    Ok(row.seconds)
+}

@@ -55,6 +55,7 @@ async fn events_resume_from_last_event_id(app: TestApp) {
     // Changes made while disconnected arrive first, then live ones.
     let missed_a = app.create("notes", json!({"n": 2})).await;
     let missed_b = app.create("notes", json!({"n": 3})).await;
+    app.settle_feed().await;
     let last_id = first_event.id.unwrap();
     let (mut events, caught_up) = SseClient::open(&app, "/v1/_events?collections=notes", &[("last-event-id", &last_id)]).await;
     let live = app.create("notes", json!({"n": 4})).await;
@@ -64,6 +65,7 @@ async fn events_resume_from_last_event_id(app: TestApp) {
     assert_eq!(ids, vec![missed_a["id"].clone(), missed_b["id"].clone()]);
     assert_eq!(next.data.unwrap()["payload"]["id"], live["id"]);
 
+    app.settle_feed().await;
     let (_, from_since) = SseClient::open(&app, &format!("/v1/_events?collections=notes&since={last_id}"), &[]).await;
     assert_eq!(from_since.len(), 3);
 }
@@ -74,6 +76,9 @@ async fn events_resume_under_concurrent_writes(app: TestApp) {
     const WRITES: i64 = 30;
     let created = app.create("counters", json!({"n": 0})).await;
     let id = created["id"].as_str().unwrap().to_owned();
+    // The create must be readable before the subscription starts at the end
+    // of the feed, or it would arrive as the first live event.
+    app.settle_feed().await;
     let (mut first, _) = SseClient::open(&app, "/v1/_events?collections=counters", &[]).await;
 
     let writer = {
@@ -208,7 +213,10 @@ async fn slow_subscriber_is_reset(backend: crate::helpers::Backend) {
     let reason = loop {
         match tokio::time::timeout(std::time::Duration::from_secs(10), messages.recv()).await.expect("a message within 10 s") {
             Some(PushMessage::Event(_)) => events += 1,
-            Some(PushMessage::Reset { reason }) => break reason,
+            Some(PushMessage::Reset { reason, lagged }) => {
+                assert!(lagged);
+                break reason;
+            }
             Some(_) => {}
             None => panic!("the subscription ended without a reset after {events} events"),
         }

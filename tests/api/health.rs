@@ -6,7 +6,24 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::helpers::{TestApp, header};
 
-both_backends!(health_endpoints_answer, openapi_is_served);
+both_backends!(health_endpoints_answer, openapi_is_served, metrics_are_served);
+
+async fn metrics_are_served(app: TestApp) {
+    app.create("notes", serde_json::json!({})).await;
+    let (_events, _) = crate::helpers::SseClient::open(&app, "/v1/_events", &[]).await;
+    app.settle_feed().await;
+
+    let response = app.get("/metrics").await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(header(&response, "content-type").starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    assert!(text.contains("versa_http_requests_total{method=\"POST\",route=\"/v1/{collection}\",status=\"201\"}"), "{text}");
+    assert!(text.contains("versa_http_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("versa_push_subscribers 1"), "{text}");
+    assert!(text.contains("versa_feed_lag_seconds "), "{text}");
+    assert!(text.contains("versa_feed_oldest_transaction_seconds "), "{text}");
+}
 
 async fn health_endpoints_answer(app: TestApp) {
     let response = app.get("/healthz").await;
