@@ -40,7 +40,7 @@ pub fn subscribe(hub: Arc<Hub>, filter: FeedFilter, since: Option<FeedPosition>,
     let live = hub.subscribe();
     let start = since.unwrap_or_else(|| hub.head());
     tokio::spawn(async move {
-        if let Err(error) = follow(hub, filter, since.is_some(), start, live, sink, heartbeat).await {
+        if let Err(error) = follow(hub, filter, start, live, sink, heartbeat).await {
             tracing::warn!(error = %error, "push subscription ended by a database error");
         }
     });
@@ -50,39 +50,20 @@ pub fn subscribe(hub: Arc<Hub>, filter: FeedFilter, since: Option<FeedPosition>,
 async fn follow(
     hub: Arc<Hub>,
     filter: FeedFilter,
-    resuming: bool,
     start: FeedPosition,
     mut live: broadcast::Receiver<Arc<PushEvent>>,
     sink: mpsc::Sender<PushMessage>,
     heartbeat: Duration,
 ) -> Result<(), ServiceError> {
     let mut last = start;
-
-    loop {
-        let (filter_copy, after) = (filter.clone(), last);
-        let (events, horizon) = hub
-            .database()
-            .read(move |conn| {
-                let events = event::load(conn, after, &filter_copy, CATCH_UP_BATCH)?;
-                Ok::<_, ServiceError>((events, feed::horizon(conn)?))
-            })
-            .await?;
-        if resuming && start < horizon {
-            let _ = sink.send(PushMessage::Reset { reason: "the cursor is older than the retained change history", lagged: false }).await;
-            return Ok(());
-        }
-        let Some(newest) = events.last().map(|event| event.position) else { break };
-        for event in events {
-            if sink.send(PushMessage::Event(Arc::new(event))).await.is_err() {
-                return Ok(());
-            }
-        }
-        last = newest;
+    if !catch_up(&hub, &filter, &mut last, &sink).await? {
+        return Ok(());
     }
     if sink.send(PushMessage::Ready).await.is_err() {
         return Ok(());
     }
 
+    let mut client_blocked = false;
     let mut shutdown = hub.shutdown_signal();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     loop {
@@ -94,6 +75,17 @@ async fn follow(
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // A client that never filled its queue while live keeps
+                    // up: the live stream ran ahead while this task was busy,
+                    // for example with a long catch-up. The table still has
+                    // the changes, so read them from there. A client that
+                    // filled its queue is slow and is reset.
+                    if !client_blocked {
+                        if !catch_up(&hub, &filter, &mut last, &sink).await? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
                     let _ = sink.send(PushMessage::Reset { reason: "the subscriber fell too far behind", lagged: true }).await;
                     return Ok(());
                 }
@@ -109,8 +101,42 @@ async fn follow(
         // A full queue means the client reads slower than changes arrive.
         // Waiting here lets the live stream lag, which ends in a reset
         // instead of unbounded memory.
+        if sink.capacity() == 0 {
+            client_blocked = true;
+        }
         if sink.send(message).await.is_err() {
             return Ok(());
         }
+    }
+}
+
+/// Sends every change after `last` from the table, moving `last` on.
+/// Returns `false` when the subscription is over: the client left, or the
+/// cursor was older than the retained history (a reset was sent).
+async fn catch_up(hub: &Hub, filter: &FeedFilter, last: &mut FeedPosition, sink: &mpsc::Sender<PushMessage>) -> Result<bool, ServiceError> {
+    loop {
+        let (filter, after) = (filter.clone(), *last);
+        let (events, horizon) = hub
+            .database()
+            .read(move |conn| {
+                let events = event::load(conn, after, &filter, CATCH_UP_BATCH)?;
+                Ok::<_, ServiceError>((events, feed::horizon(conn)?))
+            })
+            .await?;
+        // The horizon is read after the changes, so a cursor that
+        // retention passed during the read is caught here.
+        if *last < horizon {
+            let _ = sink.send(PushMessage::Reset { reason: "the cursor is older than the retained change history", lagged: false }).await;
+            return Ok(false);
+        }
+        let Some(newest) = events.last().map(|event| event.position) else {
+            return Ok(true);
+        };
+        for event in events {
+            if sink.send(PushMessage::Event(Arc::new(event))).await.is_err() {
+                return Ok(false);
+            }
+        }
+        *last = newest;
     }
 }

@@ -8,6 +8,7 @@ use crate::both_backends;
 use crate::helpers::{SseClient, TestApp, expect_problem};
 
 both_backends!(
+    events_resume_after_restart,
     events_deliver_live_changes,
     events_resume_from_last_event_id,
     events_resume_under_concurrent_writes,
@@ -188,7 +189,8 @@ async fn expired_cursor_gets_reset(app: TestApp) {
 }
 
 /// A subscriber that stops reading is reset once it falls further behind
-/// than the push buffer, instead of making the server buffer without bound.
+/// than the push buffer, instead of making the server buffer without bound,
+/// and its place in the broadcast is released.
 async fn slow_subscriber_is_reset(backend: crate::helpers::Backend) {
     use versa::domain::CollectionName;
     use versa::push::{Hub, PushMessage, subscribe};
@@ -201,12 +203,19 @@ async fn slow_subscriber_is_reset(backend: crate::helpers::Backend) {
         .unwrap();
     let hub = Hub::start(db.clone(), 4).await.unwrap();
     let mut messages = subscribe(hub.clone(), Default::default(), None, std::time::Duration::from_secs(60));
+    assert!(matches!(messages.recv().await, Some(PushMessage::Ready)));
 
     let notes = CollectionName::parse("notes").unwrap();
     let context = WriteContext { principal: "tester".into(), policy: Default::default() };
+    // Each change is read by the feed reader before the next is written, so
+    // the subscriber receives them live, one at a time, fills its queue and
+    // then falls behind the broadcast.
     for n in 0..200 {
-        let body = json!({"n": n});
-        records::create(&db, &notes, body, &context, None).await.unwrap();
+        let before = hub.head();
+        records::create(&db, &notes, json!({"n": n}), &context, None).await.unwrap();
+        while hub.head() == before {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     let mut events = 0;
@@ -225,6 +234,14 @@ async fn slow_subscriber_is_reset(backend: crate::helpers::Backend) {
     assert!(events < 200, "{events}");
     assert_eq!(reason, "the subscriber fell too far behind");
     assert!(messages.recv().await.is_none(), "the subscription must end after a reset");
+    drop(messages);
+    for _ in 0..100 {
+        if hub.subscriber_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(hub.subscriber_count(), 0, "the reset subscription still holds its place in the broadcast");
     hub.shutdown();
 }
 
@@ -236,4 +253,64 @@ async fn slow_subscriber_is_reset_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_is_reset_postgres() {
     slow_subscriber_is_reset(crate::helpers::Backend::Postgres).await;
+}
+
+/// A subscriber resumes on a freshly started server from the last cursor it
+/// got before the restart, and loses nothing written in between.
+async fn events_resume_after_restart(app: TestApp) {
+    let (mut events, _) = SseClient::open(&app, "/v1/_events?collections=notes", &[]).await;
+    app.create("notes", json!({"n": 1})).await;
+    let cursor = events.next_event().await.unwrap().id.unwrap();
+    drop(events);
+    let missed = app.create("notes", json!({"n": 2})).await;
+    app.settle_feed().await;
+
+    let restarted = app.restart_with_config("").await;
+    let (mut events, caught_up) = SseClient::open(&restarted, "/v1/_events?collections=notes", &[("last-event-id", &cursor)]).await;
+    let live = restarted.create("notes", json!({"n": 3})).await;
+
+    assert_eq!(caught_up.len(), 1);
+    assert_eq!(caught_up[0].data.as_ref().unwrap()["payload"]["id"], missed["id"]);
+    assert_eq!(events.next_event().await.unwrap().data.unwrap()["payload"]["id"], live["id"]);
+}
+
+const TINY_BUFFER: &str = "[server]\npush_buffer = 4\n";
+
+both_backends!(config = TINY_BUFFER; catch_up_under_writes_is_not_reset);
+
+/// A client that reads promptly is not reset when the live stream runs
+/// ahead of its catch-up: the missed changes are read from the table again.
+async fn catch_up_under_writes_is_not_reset(app: TestApp) {
+    let start: Value = app.get("/v1/_changes").await.json().await.unwrap();
+    let start = start["next_cursor"].as_str().unwrap().to_owned();
+    let mut expected = Vec::new();
+    for n in 0..40 {
+        expected.push(app.create("notes", json!({"n": n})).await["id"].clone());
+    }
+    app.settle_feed().await;
+
+    let writer = {
+        let client = app.client.clone();
+        let url = app.url("/v1/notes");
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 40..80 {
+                let body: Value = client.post(&url).json(&json!({"n": n})).send().await.unwrap().json().await.unwrap();
+                ids.push(body["id"].clone());
+            }
+            ids
+        })
+    };
+    let response = app.request(Method::GET, &format!("/v1/_events?collections=notes&since={start}")).send().await.unwrap();
+    let mut events = crate::helpers::SseClient::from_response(response);
+    let later = writer.await.unwrap();
+    expected.extend(later);
+
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        let frame = events.next_event().await.expect("the stream stays open");
+        assert_ne!(frame.event.as_deref(), Some("reset"), "reset after {} events", received.len());
+        received.push(frame.data.unwrap()["payload"]["id"].clone());
+    }
+    assert_eq!(received, expected);
 }

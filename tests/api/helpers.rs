@@ -276,6 +276,12 @@ impl SseClient {
         }
     }
 
+    /// Wraps an open `text/event-stream` response without waiting for it.
+    pub fn from_response(response: Response) -> Self {
+        assert_eq!(response.status(), StatusCode::OK);
+        Self { body: Box::pin(response.bytes_stream()), buffer: String::new() }
+    }
+
     /// Returns the next frame, or `None` when the stream ends. Fails the test
     /// after 10 seconds without one.
     pub async fn next_frame(&mut self) -> Option<SseFrame> {
