@@ -129,6 +129,14 @@ fn describe(file: &std::path::Path, settings: &Settings) -> String {
         database.change_retention.as_secs()
     );
 
+    let auth = &settings.auth;
+    if auth.is_enabled() {
+        let jwt = auth.jwt_algorithm().map(|algorithm| format!(", JWTs signed with {algorithm:?}")).unwrap_or_default();
+        let _ = writeln!(text, "auth: {} static tokens{jwt}; requests without a valid bearer token get 401", auth.token_count());
+    } else {
+        let _ = writeln!(text, "auth: off; every request is anonymous and the server listens on loopback addresses only");
+    }
+
     let declared: Vec<_> = settings.collections.declared().collect();
     if declared.is_empty() {
         let _ = writeln!(text, "collections: none declared, so every valid collection name is accepted, schemaless and strict");
@@ -156,6 +164,11 @@ fn describe(file: &std::path::Path, settings: &Settings) -> String {
         }
         let unconditional = if policy.allow_unconditional_writes { "allowed" } else { "rejected with 428" };
         let _ = writeln!(text, "    If-Match: *: {unconditional}");
+        let roles = |list: &Option<Vec<String>>| match list {
+            None => "any authenticated principal".to_owned(),
+            Some(roles) => roles.join(", "),
+        };
+        let _ = writeln!(text, "    read: {}; write: {}", roles(&policy.read), roles(&policy.write));
     }
     text
 }

@@ -6,6 +6,7 @@
 //! contains the rules with no I/O, and [`storage`] contains the queries for SQLite
 //! and PostgreSQL. [`startup`] wires them into a server.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -1,16 +1,18 @@
 //! Builds the application: opens the database, applies migrations, binds
 //! the listener and assembles the HTTP server.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
+use actix_cors::Cors;
+use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
+use crate::http::auth::Limits;
 use crate::http::metrics::Metrics;
 use crate::http::{self, AppState};
 use crate::push::Hub;
@@ -24,6 +26,8 @@ pub enum StartupError {
         #[source]
         source: StorageError,
     },
+    #[error("refusing to listen on {bind} without authentication; configure [auth] tokens or a JWT key, or bind to a loopback address such as 127.0.0.1")]
+    InsecureBind { bind: String },
     #[error("cannot create the metrics: {0}")]
     Metrics(String),
     #[error("cannot start the change feed reader")]
@@ -51,6 +55,13 @@ impl Application {
         let db = open_database(&settings).await?;
 
         let bind = settings.server.bind.clone();
+        if !settings.auth.is_enabled() {
+            if !is_loopback(&bind) {
+                return Err(StartupError::InsecureBind { bind });
+            }
+            tracing::warn!(%bind, "authentication is off: every request is anonymous, so the server listens on loopback only; configure [auth] to serve others");
+        }
+
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
         let address = listener.local_addr().map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
 
@@ -61,12 +72,17 @@ impl Application {
             collections: Arc::new(settings.collections.clone()),
             hub: hub.clone(),
             metrics: Arc::new(Metrics::new(hub.lag_gauge()).map_err(|error| StartupError::Metrics(error.to_string()))?),
+            auth: Arc::new(settings.auth.clone()),
+            limits: Arc::new(Limits::new(settings.server.rate_limit_per_second, settings.server.rate_limit_burst)),
         });
+        let cors_origins = settings.server.cors_origins.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .configure(http::configure)
                 .default_service(web::to(http::fallback))
+                .wrap(from_fn(http::auth::authenticate))
+                .wrap(Condition::new(!cors_origins.is_empty(), cors(&cors_origins)))
                 .wrap(from_fn(http::metrics::record))
                 .wrap(from_fn(http::add_request_id))
                 .wrap(TracingLogger::default())
@@ -152,6 +168,39 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `true` when every address `bind` resolves to is a loopback address.
+fn is_loopback(bind: &str) -> bool {
+    match bind.to_socket_addrs() {
+        Ok(addresses) => {
+            let addresses: Vec<_> = addresses.collect();
+            !addresses.is_empty() && addresses.iter().all(|address| address.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// The CORS rules for browser frontends on `origins`: the headers a
+/// versioned client sends and the ones it must read.
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+        .allowed_headers([
+            "authorization",
+            "content-type",
+            "if-match",
+            "if-none-match",
+            "idempotency-key",
+            "lease-token",
+            "last-event-id",
+        ])
+        .expose_headers(["etag", "location", "versa-merged", "x-request-id", "retry-after", "idempotent-replayed"])
+        .max_age(3600);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
 }
 
 /// Opens the pools and applies pending migrations, off the async threads.

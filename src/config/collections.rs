@@ -23,13 +23,13 @@ pub struct CollectionFile {
     last_writer_wins: Option<Vec<String>>,
     keep_revisions: Option<i64>,
     allow_unconditional_writes: Option<bool>,
-    // Read by features that are not built yet; accepted and checked for type
-    // now so that a file written for them loads.
-    leases: Option<LeaseMode>,
-    lease_ttl_seconds: Option<u64>,
     read: Option<Vec<String>>,
     write: Option<Vec<String>>,
     break_leases: Option<Vec<String>>,
+    // Read by edit leases, which are not built yet; accepted and checked for
+    // type now so that a file written for them loads.
+    leases: Option<LeaseMode>,
+    lease_ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -84,7 +84,7 @@ pub fn build(files: BTreeMap<String, CollectionFile>, base_dir: &Path) -> Result
         if file.lease_ttl_seconds == Some(0) {
             return Err(ConfigError::Invalid { key: key("lease_ttl_seconds"), message: "must be greater than 0".to_owned() });
         }
-        let _ = (file.leases, file.read, file.write, file.break_leases);
+        let _ = file.leases;
 
         let policy = CollectionPolicy {
             merge: file.merge.unwrap_or_default(),
@@ -92,6 +92,9 @@ pub fn build(files: BTreeMap<String, CollectionFile>, base_dir: &Path) -> Result
             keep_revisions: file.keep_revisions,
             allow_unconditional_writes: file.allow_unconditional_writes.unwrap_or(false),
             schema,
+            read: file.read,
+            write: file.write,
+            break_leases: file.break_leases,
         };
         declared.insert(name, policy);
     }

@@ -2,6 +2,7 @@
 //! then `VERSA_*` environment variables and command-line flags (clap merges
 //! those two, flags first).
 
+mod auth;
 mod collections;
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::Authenticator;
 use crate::domain::collection::Collections;
 use crate::storage::DatabaseUrl;
 
@@ -20,6 +22,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub collections: Collections,
+    pub auth: Authenticator,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +38,10 @@ pub struct ServerSettings {
     pub heartbeat: Duration,
     /// Events a push subscriber may fall behind before it is reset.
     pub push_buffer: usize,
+    /// Requests per second allowed to each principal; `None` sets no limit.
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests a principal may send at once before the rate applies.
+    pub rate_limit_burst: Option<u32>,
     /// Whether `/metrics` answers clients other than loopback ones.
     pub metrics_public: bool,
     /// Maximum subscriptions on one WebSocket.
@@ -71,6 +78,8 @@ impl Default for Settings {
                 max_batch_operations: 100,
                 heartbeat: Duration::from_secs(15),
                 push_buffer: 1024,
+                rate_limit_per_second: None,
+                rate_limit_burst: None,
                 metrics_public: false,
                 max_subscriptions: 16,
                 max_ws_message_bytes: 64 * 1024,
@@ -86,6 +95,7 @@ impl Default for Settings {
                 change_retention: Duration::from_secs(7 * 24 * 60 * 60),
             },
             collections: Collections::default(),
+            auth: Authenticator::default(),
         }
     }
 }
@@ -101,9 +111,9 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-/// The file's shape. Sections other than `[server]`, `[database]` and
-/// `[collections.*]` (such as `[auth]`) are accepted and not read yet. Inside
-/// the sections read here an unknown key is an error, to catch typos.
+/// The file's shape. Other top-level sections are accepted and ignored, so
+/// that a file written for a newer release loads. Inside the sections read
+/// here an unknown key is an error, to catch typos.
 #[derive(Debug, Default, Deserialize)]
 struct FileConfig {
     #[serde(default)]
@@ -112,6 +122,8 @@ struct FileConfig {
     database: DatabaseFile,
     #[serde(default)]
     collections: std::collections::BTreeMap<String, collections::CollectionFile>,
+    #[serde(default)]
+    auth: auth::AuthFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +137,8 @@ struct ServerFile {
     push_buffer: Option<usize>,
     max_subscriptions: Option<usize>,
     metrics_public: Option<bool>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
     max_ws_message_bytes: Option<usize>,
     conflict_status: Option<u16>,
     cors_origins: Option<Vec<String>>,
@@ -185,6 +199,12 @@ impl Settings {
         if let Some(events) = file.server.push_buffer {
             server.push_buffer = positive(events, "server.push_buffer")?;
         }
+        if let Some(rate) = file.server.rate_limit_per_second {
+            server.rate_limit_per_second = Some(positive(rate as usize, "server.rate_limit_per_second")? as u32);
+        }
+        if let Some(burst) = file.server.rate_limit_burst {
+            server.rate_limit_burst = Some(positive(burst as usize, "server.rate_limit_burst")? as u32);
+        }
         if let Some(public) = file.server.metrics_public {
             server.metrics_public = public;
         }
@@ -201,6 +221,12 @@ impl Settings {
             server.conflict_status = status;
         }
         if let Some(origins) = file.server.cors_origins {
+            if let Some(bad) = origins.iter().find(|origin| !is_origin(origin)) {
+                return Err(ConfigError::Invalid {
+                    key: "server.cors_origins".to_owned(),
+                    message: format!("{bad:?} is not an origin; write it as scheme://host[:port], such as \"https://admin.example.com\""),
+                });
+            }
             server.cors_origins = origins;
         }
         if let Some(workers) = file.server.workers {
@@ -226,6 +252,7 @@ impl Settings {
 
         let base_dir = path.and_then(Path::parent).unwrap_or(Path::new("."));
         settings.collections = collections::build(file.collections, base_dir)?;
+        settings.auth = auth::build(file.auth, base_dir)?;
 
         if let Some(bind) = overrides.bind {
             settings.server.bind = bind;
@@ -235,6 +262,15 @@ impl Settings {
         }
         Ok(settings)
     }
+}
+
+/// `true` for `http://` or `https://` followed by a host and an optional
+/// port, with no path.
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) else {
+        return false;
+    };
+    !rest.is_empty() && !rest.contains('/') && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
 fn positive(value: usize, key: &'static str) -> Result<usize, ConfigError> {
@@ -273,7 +309,7 @@ mod tests {
     fn file_then_overrides() {
         let file = write_config(
             "[server]\nbind = \"127.0.0.1:9000\"\nconflict_status = 412\n[database]\nurl = \"postgres://h/db\"\npool_size = 3\n\
-             [auth.jwt]\naudience = \"versa\"\n[collections.notes]\nmerge = \"fields\"\n",
+             [auth.jwt]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\naudience = \"versa\"\n[collections.notes]\nmerge = \"fields\"\n",
         );
         let settings = Settings::load(Some(file.path()), Overrides::default()).unwrap();
         assert_eq!(settings.server.bind, "127.0.0.1:9000");

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::CollectionName;
+use crate::auth::Principal;
 use super::record::Fields;
 
 /// The handling of a write based on a version that is no longer current.
@@ -20,6 +21,14 @@ pub enum MergePolicy {
     /// A stale write is committed when the fields it changed and the fields
     /// changed by others since its base do not overlap.
     Fields,
+}
+
+/// What a request does with a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    BreakLeases,
 }
 
 /// One schema violation: where in the record and what is wrong.
@@ -43,6 +52,12 @@ pub struct CollectionPolicy {
     pub allow_unconditional_writes: bool,
     /// The compiled schema, when the collection has one.
     pub schema: Option<Arc<jsonschema::Validator>>,
+    /// Roles that may read, write and break leases; `None` admits every
+    /// authenticated principal, and `"*"` in a list does too. They apply
+    /// only when authentication is configured.
+    pub read: Option<Vec<String>>,
+    pub write: Option<Vec<String>>,
+    pub break_leases: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for CollectionPolicy {
@@ -53,6 +68,9 @@ impl std::fmt::Debug for CollectionPolicy {
             .field("keep_revisions", &self.keep_revisions)
             .field("allow_unconditional_writes", &self.allow_unconditional_writes)
             .field("schema", &self.schema.is_some())
+            .field("read", &self.read)
+            .field("write", &self.write)
+            .field("break_leases", &self.break_leases)
             .finish()
     }
 }
@@ -75,6 +93,20 @@ impl CollectionPolicy {
         // Sorted so that the same record always gets the same report.
         errors.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.message.cmp(&b.message)));
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// `true` when `principal` may use the collection for `access`. With
+    /// authentication off everything is allowed.
+    pub fn allows(&self, principal: &Principal, access: Access) -> bool {
+        if !principal.authenticated {
+            return true;
+        }
+        let roles = match access {
+            Access::Read => &self.read,
+            Access::Write => &self.write,
+            Access::BreakLeases => &self.break_leases,
+        };
+        principal.has_any_role(roles.as_deref())
     }
 
     /// `true` when changes at `path` never conflict.

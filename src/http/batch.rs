@@ -8,25 +8,27 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{BodyType, JsonBody};
 use super::response::{json_response, to_json};
+use crate::auth::Principal;
+use crate::domain::collection::Access;
 use crate::domain::record::split_body;
 use crate::domain::{CollectionName, ExpectedVersion, RecordId};
 use crate::service::ServiceError;
 use crate::service::batch::{self, AtomicOutcome, BatchItem, BatchOperation, ItemOutcome};
 use crate::service::records::Change;
 
-pub async fn run(state: web::Data<AppState>, body: JsonBody) -> Result<HttpResponse, ApiError> {
+pub async fn run(state: web::Data<AppState>, principal: Principal, body: JsonBody) -> Result<HttpResponse, ApiError> {
     body.require(&[BodyType::Json])?;
     let (atomic, operations) = parse_envelope(body.value, state.settings.max_batch_operations)?;
-    let items: Vec<_> = operations.into_iter().map(|operation| parse_operation(&state, operation)).collect();
+    let items: Vec<_> = operations.into_iter().map(|operation| parse_operation(&state, &principal, operation)).collect();
     let total = items.len();
 
     if !atomic {
-        let results = batch::run_each(&state.db, items, state.principal()).await;
+        let results = batch::run_each(&state.db, items, &principal.name).await;
         let results: Vec<Value> = results.into_iter().enumerate().map(|(index, result)| item_json(&state, index, result)).collect();
         return Ok(json_response(StatusCode::OK, to_json(&json!({"atomic": false, "results": results}))?, None));
     }
 
-    match batch::run_atomic(&state.db, items, state.principal()).await? {
+    match batch::run_atomic(&state.db, items, &principal.name).await? {
         AtomicOutcome::Committed(outcomes) => {
             let results: Vec<Value> = outcomes.into_iter().enumerate().map(|(index, outcome)| item_json(&state, index, Ok(outcome))).collect();
             Ok(json_response(StatusCode::OK, to_json(&json!({"atomic": true, "results": results}))?, None))
@@ -79,7 +81,7 @@ fn parse_envelope(body: Value, max_operations: usize) -> Result<(bool, Vec<Value
 }
 
 /// Parses one operation; its errors become that operation's result.
-fn parse_operation(state: &AppState, operation: Value) -> Result<BatchItem, ServiceError> {
+fn parse_operation(state: &AppState, principal: &Principal, operation: Value) -> Result<BatchItem, ServiceError> {
     let invalid = |detail: String| ServiceError::InvalidOperation(detail);
     let Value::Object(mut members) = operation else {
         return Err(invalid("an operation must be a JSON object".to_owned()));
@@ -89,6 +91,9 @@ fn parse_operation(state: &AppState, operation: Value) -> Result<BatchItem, Serv
     let raw_collection = take_string(&mut members, "collection")?;
     let collection = CollectionName::parse(&raw_collection).map_err(|error| invalid(format!("collection {raw_collection:?}: {error}")))?;
     let policy = state.collections.get(&collection).ok_or_else(|| ServiceError::CollectionNotFound { name: collection.to_string() })?;
+    if !policy.allows(principal, Access::Write) {
+        return Err(ServiceError::Forbidden { name: collection.to_string(), access: "write" });
+    }
     let id = match members.remove("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(RecordId::parse(&text).map_err(|_| invalid(format!("id {text:?} is not a UUID")))?),

@@ -9,22 +9,24 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{QueryPairs, unknown_parameter};
 use super::response::{json_response, to_json};
+use crate::auth::Principal;
 use crate::service::changes::{self, decode_position};
+use crate::storage::feed::FeedFilter;
 use crate::service::list::parse_limit;
 
 /// Maximum long-poll wait, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 const DEFAULT_LIMIT: i64 = 100;
 
-pub async fn list(state: web::Data<AppState>, query: QueryPairs) -> Result<HttpResponse, ApiError> {
+pub async fn list(state: web::Data<AppState>, principal: Principal, query: QueryPairs) -> Result<HttpResponse, ApiError> {
     let mut since = None;
-    let mut filter = Default::default();
+    let mut filter = FeedFilter::default();
     let mut limit = DEFAULT_LIMIT;
     let mut wait = Duration::ZERO;
     for (name, value) in query.0 {
         match name.as_str() {
             "since" => since = Some(decode_position(&value)?),
-            "collections" | "ids" => state.add_to_filter(&mut filter, &name, &value)?,
+            "collections" | "ids" => state.add_to_filter(&principal, &mut filter, &name, &value)?,
             "limit" => limit = parse_limit(&value)?,
             "wait" => {
                 let seconds = value.parse::<u64>().ok().filter(|seconds| *seconds <= MAX_WAIT_SECONDS).ok_or_else(|| {
@@ -35,6 +37,8 @@ pub async fn list(state: web::Data<AppState>, query: QueryPairs) -> Result<HttpR
             other => return Err(unknown_parameter(other, "since, collections, ids, limit and wait")),
         }
     }
+
+    state.restrict_to_readable(&principal, &mut filter)?;
 
     // The feed reader's position moves whenever a change becomes readable,
     // on this instance or, through the database, on another one.

@@ -38,6 +38,10 @@ pub enum ApiError {
     RouteNotFound,
     #[error("{detail}")]
     Forbidden { detail: String },
+    #[error("authentication failed: {0}")]
+    Unauthenticated(crate::auth::AuthError),
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
     #[error("method not allowed")]
     MethodNotAllowed { allow: String },
     #[error("database not ready: {detail}")]
@@ -122,6 +126,20 @@ impl ApiError {
             }
             Self::RouteNotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found", "No endpoint exists at this path."),
             Self::Forbidden { detail } => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", detail.clone()),
+            Self::Unauthenticated(error) => {
+                let detail = match error {
+                    crate::auth::AuthError::Missing => "This endpoint needs credentials: send Authorization: Bearer <token>.".to_owned(),
+                    crate::auth::AuthError::Malformed => "The Authorization header must be \"Bearer <token>\".".to_owned(),
+                    crate::auth::AuthError::InvalidToken(reason) => format!("The bearer token was rejected: {reason}."),
+                };
+                Problem::new(S::UNAUTHORIZED, "unauthenticated", "Authentication required", detail)
+            }
+            Self::RateLimited { retry_after } => Problem::new(
+                S::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!("This principal sent more requests than its limit allows; retry after {retry_after} seconds."),
+            ),
             Self::MethodNotAllowed { allow } => Problem::new(
                 S::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -146,6 +164,12 @@ impl ApiError {
 fn service_problem(error: &ServiceError) -> Problem {
     use StatusCode as S;
     match error {
+        ServiceError::Forbidden { name, access } => Problem::new(
+            S::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!("You may not {access} the collection {name:?}; ask for a role that its configuration allows."),
+        ),
         ServiceError::CollectionNotFound { name } => Problem::new(
             S::NOT_FOUND,
             "collection-not-found",
@@ -338,6 +362,16 @@ impl ResponseError for ApiError {
             }
             Self::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, allow.clone()));
+            }
+            Self::Unauthenticated(error) => {
+                let challenge = match error {
+                    crate::auth::AuthError::InvalidToken(_) => "Bearer realm=\"versa\", error=\"invalid_token\"",
+                    _ => "Bearer realm=\"versa\"",
+                };
+                response.insert_header((header::WWW_AUTHENTICATE, challenge));
+            }
+            Self::RateLimited { retry_after } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             Self::Service(ServiceError::Storage(StorageError::Unavailable(_))) | Self::NotReady { .. } => {
                 response.insert_header((header::RETRY_AFTER, "1"));

@@ -9,18 +9,20 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{QueryPairs, unknown_parameter};
+use crate::auth::Principal;
 use crate::push::{self, PushMessage};
+use crate::storage::feed::FeedFilter;
 use crate::service::changes::decode_position;
 
 /// Streams changes that match `collections` and `ids`, from `Last-Event-ID`
 /// or `since` when given, else from the current end of the feed.
-pub async fn stream(state: web::Data<AppState>, req: HttpRequest, query: QueryPairs) -> Result<HttpResponse, ApiError> {
+pub async fn stream(state: web::Data<AppState>, principal: Principal, req: HttpRequest, query: QueryPairs) -> Result<HttpResponse, ApiError> {
     let mut since = None;
-    let mut filter = Default::default();
+    let mut filter = FeedFilter::default();
     for (name, value) in query.0 {
         match name.as_str() {
             "since" => since = Some(decode_position(&value)?),
-            "collections" | "ids" => state.add_to_filter(&mut filter, &name, &value)?,
+            "collections" | "ids" => state.add_to_filter(&principal, &mut filter, &name, &value)?,
             other => return Err(unknown_parameter(other, "since, collections and ids")),
         }
     }
@@ -31,6 +33,8 @@ pub async fn stream(state: web::Data<AppState>, req: HttpRequest, query: QueryPa
             .map_err(|_| ApiError::bad_request("invalid-cursor", "Last-Event-ID is not visible ASCII."))?;
         since = Some(decode_position(text)?);
     }
+
+    state.restrict_to_readable(&principal, &mut filter)?;
 
     let messages = push::subscribe(state.hub.clone(), filter, since, state.settings.heartbeat);
 

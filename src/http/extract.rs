@@ -6,8 +6,9 @@ use std::future::{Ready, ready};
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
+use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
@@ -15,14 +16,27 @@ use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::domain::collection::CollectionPolicy;
+use crate::auth::Principal;
+use crate::domain::collection::{Access, CollectionPolicy};
+use crate::service::ServiceError;
+use crate::service::records::WriteContext;
 use crate::domain::{CollectionName, IfMatch, IfNoneMatch, RecordId};
 
-/// `{collection}` from the URL, with the collection's rules.
+/// `{collection}` from the URL, with the collection's rules and the
+/// principal, who has been checked against them: GET and HEAD need read
+/// permission, every other method write permission.
 #[derive(Debug, Clone)]
 pub struct CollectionPath {
     pub name: CollectionName,
     pub policy: Arc<CollectionPolicy>,
+    pub principal: Principal,
+}
+
+impl CollectionPath {
+    /// Returns who writes and under which collection rules.
+    pub fn write_context(&self) -> WriteContext {
+        WriteContext { principal: self.principal.name.clone(), policy: self.policy.clone() }
+    }
 }
 
 impl FromRequest for CollectionPath {
@@ -48,18 +62,37 @@ fn collection_from(req: &HttpRequest) -> Result<CollectionPath, ApiError> {
         Some(state) => state
             .collections
             .get(&name)
-            .ok_or_else(|| ApiError::Service(crate::service::ServiceError::CollectionNotFound { name: name.to_string() }))?,
+            .ok_or_else(|| ApiError::Service(ServiceError::CollectionNotFound { name: name.to_string() }))?,
         None => Arc::default(),
     };
-    Ok(CollectionPath { name, policy })
+
+    // Checked before any record is looked up, so that a principal who may
+    // not read a collection cannot learn which records exist in it.
+    let principal = req.extensions().get::<Arc<Principal>>().map(|principal| (**principal).clone()).unwrap_or_else(Principal::anonymous);
+    let (access, verb) = match *req.method() {
+        Method::GET | Method::HEAD => (Access::Read, "read"),
+        _ => (Access::Write, "write"),
+    };
+    if !policy.allows(&principal, access) {
+        return Err(ServiceError::Forbidden { name: name.to_string(), access: verb }.into());
+    }
+    Ok(CollectionPath { name, policy, principal })
 }
 
-/// `{collection}/{id}` from the URL.
+/// `{collection}/{id}` from the URL, checked like [`CollectionPath`].
 #[derive(Debug, Clone)]
 pub struct RecordPath {
     pub collection: CollectionName,
     pub policy: Arc<CollectionPolicy>,
+    pub principal: Principal,
     pub id: RecordId,
+}
+
+impl RecordPath {
+    /// Returns who writes and under which collection rules.
+    pub fn write_context(&self) -> WriteContext {
+        WriteContext { principal: self.principal.name.clone(), policy: self.policy.clone() }
+    }
 }
 
 impl FromRequest for RecordPath {
@@ -76,7 +109,7 @@ fn record_path_from(req: &HttpRequest) -> Result<RecordPath, ApiError> {
     let raw = req.match_info().get("id").unwrap_or_default();
     let id = RecordId::parse(raw)
         .map_err(|_| ApiError::bad_request("invalid-record-id", format!("Invalid record id {raw:?}: record ids are UUIDs.")))?;
-    Ok(RecordPath { collection: collection.name, policy: collection.policy, id })
+    Ok(RecordPath { collection: collection.name, policy: collection.policy, principal: collection.principal, id })
 }
 
 /// `{version}` from a revision URL.

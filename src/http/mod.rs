@@ -2,6 +2,7 @@
 //! errors to problem bodies. Handlers are thin: extract, call one service
 //! function, build the response.
 
+pub mod auth;
 pub mod batch;
 pub mod changes;
 pub mod error;
@@ -28,14 +29,11 @@ use crate::config::ServerSettings;
 use crate::domain::{CollectionName, RecordId};
 use crate::push::Hub;
 use crate::storage::feed::FeedFilter;
-use crate::domain::collection::{CollectionPolicy, Collections};
-use crate::service::records::WriteContext;
+use crate::auth::{Authenticator, Principal};
+use crate::domain::collection::{Access, Collections};
 use crate::service::ServiceError;
 use crate::storage::Database;
 use error::ApiError;
-
-/// The principal of every request until authentication exists.
-pub const ANONYMOUS: &str = "anonymous";
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -45,21 +43,15 @@ pub struct AppState {
     pub collections: Arc<Collections>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<metrics::Metrics>,
+    pub auth: Arc<Authenticator>,
+    pub limits: Arc<auth::Limits>,
 }
 
 impl AppState {
-    pub fn principal(&self) -> &str {
-        ANONYMOUS
-    }
-
-    /// Returns who writes and under which collection rules.
-    pub fn write_context(&self, policy: &Arc<CollectionPolicy>) -> WriteContext {
-        WriteContext { principal: self.principal().to_owned(), policy: policy.clone() }
-    }
-
     /// Adds a comma-separated `collections` or `ids` parameter to a feed
-    /// filter. Collections must exist and ids must be UUIDs.
-    pub fn add_to_filter(&self, filter: &mut FeedFilter, name: &str, value: &str) -> Result<(), ApiError> {
+    /// filter. Collections must exist, and the principal must be allowed
+    /// to read them; ids must be UUIDs.
+    pub fn add_to_filter(&self, principal: &Principal, filter: &mut FeedFilter, name: &str, value: &str) -> Result<(), ApiError> {
         for raw in value.split(',').filter(|raw| !raw.is_empty()) {
             if name == "ids" {
                 let id = RecordId::parse(raw)
@@ -70,10 +62,40 @@ impl AppState {
             let collection = CollectionName::parse(raw).map_err(|error| {
                 ApiError::bad_request("invalid-query", format!("Invalid collection name {raw:?} in collections: {error}."))
             })?;
-            if self.collections.get(&collection).is_none() {
-                return Err(ServiceError::CollectionNotFound { name: collection.to_string() }.into());
+            let policy = self.collections.get(&collection).ok_or_else(|| ServiceError::CollectionNotFound { name: collection.to_string() })?;
+            if !policy.allows(principal, Access::Read) {
+                return Err(ServiceError::Forbidden { name: collection.to_string(), access: "read" }.into());
             }
             filter.collections.push(collection.to_string());
+        }
+        Ok(())
+    }
+
+    /// Restricts a feed filter that names no collection to the collections
+    /// the principal may read, so that a feed never shows changes of others.
+    ///
+    /// # Errors
+    ///
+    /// 403 when the principal may read no collection at all.
+    pub fn restrict_to_readable(&self, principal: &Principal, filter: &mut FeedFilter) -> Result<(), ApiError> {
+        if !filter.collections.is_empty() || !principal.authenticated {
+            return Ok(());
+        }
+        let declared: Vec<_> = self.collections.declared().collect();
+        if declared.is_empty() {
+            // Undeclared collections admit every authenticated principal.
+            return Ok(());
+        }
+        let readable: Vec<String> = declared
+            .iter()
+            .filter(|(_, policy)| policy.allows(principal, Access::Read))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        if readable.is_empty() {
+            return Err(ApiError::Forbidden { detail: "You may read no collection, so there is no change feed for you.".to_owned() });
+        }
+        if readable.len() < declared.len() {
+            filter.collections = readable;
         }
         Ok(())
     }

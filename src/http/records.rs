@@ -25,7 +25,7 @@ pub async fn create(
     body.require(&[BodyType::Json])?;
     let key = idempotency_key.0.map(|key| IdempotencyKey::new(key, &collection.name, &body.value));
 
-    let context = state.write_context(&collection.policy);
+    let context = collection.write_context();
     let created = records::create(&state.db, &collection.name, body.value, &context, key).await?;
 
     let collection = collection.name;
@@ -60,7 +60,7 @@ pub async fn replace(state: web::Data<AppState>, path: RecordPath, preconditions
                     "If-None-Match: * creates a new record, so the request must not also state an expected version.",
                 ));
             }
-            let record = records::insert_new(&state.db, &path.collection, path.id, split.fields, &state.write_context(&path.policy)).await?;
+            let record = records::insert_new(&state.db, &path.collection, path.id, split.fields, &path.write_context()).await?;
             return Ok(super::response::created(&path.collection, &record.to_wire(), false));
         }
         Some(IfNoneMatch::Tags(_)) => return Err(ServiceError::Precondition(PreconditionError::UnsupportedIfNoneMatch).into()),
@@ -68,7 +68,7 @@ pub async fn replace(state: web::Data<AppState>, path: RecordPath, preconditions
     }
 
     let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), split.version).map_err(ServiceError::from)?;
-    let written = records::write(&state.db, &path.collection, path.id, expected, Change::Replace(split.fields), &state.write_context(&path.policy))
+    let written = records::write(&state.db, &path.collection, path.id, expected, Change::Replace(split.fields), &path.write_context())
         .await
         .map_err(|error| state.api_error(error))?;
     Ok(written_response(&written))
@@ -94,7 +94,7 @@ pub async fn patch(state: web::Data<AppState>, path: RecordPath, preconditions: 
         }
     };
 
-    let written = records::write(&state.db, &path.collection, path.id, expected, change, &state.write_context(&path.policy))
+    let written = records::write(&state.db, &path.collection, path.id, expected, change, &path.write_context())
         .await
         .map_err(|error| state.api_error(error))?;
     Ok(written_response(&written))
@@ -117,7 +117,7 @@ pub async fn delete(state: web::Data<AppState>, path: RecordPath, preconditions:
     }
     let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), version).map_err(ServiceError::from)?;
 
-    records::write(&state.db, &path.collection, path.id, expected, Change::Delete, &state.write_context(&path.policy))
+    records::write(&state.db, &path.collection, path.id, expected, Change::Delete, &path.write_context())
         .await
         .map_err(|error| state.api_error(error))?;
     Ok(HttpResponse::NoContent().finish())

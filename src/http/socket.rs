@@ -13,6 +13,7 @@ use tokio::task::AbortHandle;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::Principal;
 use crate::push::{self, PushMessage};
 use crate::service::changes::decode_position;
 use crate::storage::feed::FeedFilter;
@@ -76,18 +77,18 @@ impl Drop for Subscriptions {
 /// A push message with the subscription it belongs to.
 type Tagged = (String, u64, PushMessage);
 
-pub async fn connect(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn connect(state: web::Data<AppState>, principal: Principal, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     let (response, session, stream) = actix_ws::handle(&req, body).map_err(|error| {
         ApiError::bad_request("invalid-websocket-handshake", format!("The WebSocket handshake failed: {error}."))
     })?;
     let limit = state.settings.max_ws_message_bytes;
     let stream = stream.max_frame_size(limit).aggregate_continuations().max_continuation_size(limit);
 
-    actix_web::rt::spawn(serve(state.into_inner(), session, stream));
+    actix_web::rt::spawn(serve(state.into_inner(), principal, session, stream));
     Ok(response)
 }
 
-async fn serve(state: Arc<AppState>, mut session: Session, mut stream: actix_ws::AggregatedMessageStream) {
+async fn serve(state: Arc<AppState>, principal: Principal, mut session: Session, mut stream: actix_ws::AggregatedMessageStream) {
     let (sink, mut messages) = mpsc::channel::<Tagged>(64);
     let mut subscriptions = Subscriptions::default();
     let mut shutdown = state.hub.shutdown_signal();
@@ -98,7 +99,7 @@ async fn serve(state: Arc<AppState>, mut session: Session, mut stream: actix_ws:
         tokio::select! {
             received = stream.recv() => match received {
                 Some(Ok(AggregatedMessage::Text(text))) => {
-                    let reply = handle_text(&state, &text, &mut subscriptions, &sink);
+                    let reply = handle_text(&state, &principal, &text, &mut subscriptions, &sink);
                     if let Some(reply) = reply
                         && session.text(reply.to_string()).await.is_err()
                     {
@@ -162,7 +163,7 @@ async fn serve(state: Arc<AppState>, mut session: Session, mut stream: actix_ws:
 }
 
 /// Handles one client message; returns the immediate reply, if any.
-fn handle_text(state: &Arc<AppState>, text: &str, subscriptions: &mut Subscriptions, sink: &mpsc::Sender<Tagged>) -> Option<Value> {
+fn handle_text(state: &Arc<AppState>, principal: &Principal, text: &str, subscriptions: &mut Subscriptions, sink: &mpsc::Sender<Tagged>) -> Option<Value> {
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(message) => message,
         Err(error) => return Some(error_message(None, "invalid-message", &format!("The message is not a valid client message: {error}."))),
@@ -191,8 +192,9 @@ fn handle_text(state: &Arc<AppState>, text: &str, subscriptions: &mut Subscripti
 
             let mut filter = FeedFilter::default();
             let parsed = state
-                .add_to_filter(&mut filter, "collections", &collections.join(","))
-                .and_then(|()| state.add_to_filter(&mut filter, "ids", &ids.join(",")))
+                .add_to_filter(principal, &mut filter, "collections", &collections.join(","))
+                .and_then(|()| state.add_to_filter(principal, &mut filter, "ids", &ids.join(",")))
+                .and_then(|()| state.restrict_to_readable(principal, &mut filter))
                 .and_then(|()| since.as_deref().map(decode_position).transpose().map_err(ApiError::from));
             let since = match parsed {
                 Ok(since) => since,

@@ -59,7 +59,7 @@ pub async fn restore(
     };
     let expected = ExpectedVersion::resolve(preconditions.if_match.as_ref(), body_version).map_err(ServiceError::from)?;
 
-    let written = records::write(&state.db, &path.collection, path.id, expected, Change::Restore(version.0), &state.write_context(&path.policy))
+    let written = records::write(&state.db, &path.collection, path.id, expected, Change::Restore(version.0), &path.write_context())
         .await
         .map_err(|error| state.api_error(error))?;
     Ok(written_response(&written))

@@ -37,6 +37,8 @@ impl RecordSnapshot {
 /// and problem type in [`crate::http::error`].
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    #[error("no permission to {access} collection {name}")]
+    Forbidden { name: String, access: &'static str },
     #[error("collection {name} is not declared")]
     CollectionNotFound { name: String },
     #[error("record not found")]
