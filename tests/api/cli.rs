@@ -187,3 +187,20 @@ fn sigterm_closes_event_streams() {
     assert!(text.contains("event: shutdown\n"), "{text}");
     assert!(elapsed < Duration::from_secs(10), "the stream stayed open for {elapsed:?}");
 }
+
+#[test]
+fn serve_refuses_public_bind_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let output = Command::new(VERSA)
+        .args(["serve", "--bind", "0.0.0.0:0", "--database-url", "sqlite://test.db"])
+        .env_remove("VERSA_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without authentication"), "{stderr}");
+    assert!(stderr.contains("[auth]"), "{stderr}");
+}
