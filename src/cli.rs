@@ -132,7 +132,11 @@ fn describe(file: &std::path::Path, settings: &Settings) -> String {
     let auth = &settings.auth;
     if auth.is_enabled() {
         let jwt = auth.jwt_algorithm().map(|algorithm| format!(", JWTs signed with {algorithm:?}")).unwrap_or_default();
-        let _ = writeln!(text, "auth: {} static tokens{jwt}; requests without a valid bearer token get 401", auth.token_count());
+        let tokens = match auth.token_count() {
+            1 => "1 static token".to_owned(),
+            count => format!("{count} static tokens"),
+        };
+        let _ = writeln!(text, "auth: {tokens}{jwt}; requests without a valid bearer token get 401");
     } else {
         let _ = writeln!(text, "auth: off; every request is anonymous and the server listens on loopback addresses only");
     }

@@ -97,6 +97,7 @@ impl Application {
         let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
 
         tokio::spawn(prune_changes(db.clone(), settings.database.change_retention));
+        tokio::spawn(announce_expired_leases(db.clone()));
 
         Ok(Self { address, server, hub, database: db.url().to_string() })
     }
@@ -221,6 +222,17 @@ pub async fn open_database(settings: &Settings) -> Result<Database, StartupError
     opened.map_err(|source| StartupError::Database { url, source })
 }
 
+
+/// Announces expired leases on the feed every second. Expiry does not wait
+/// for this: an expired lease is free at once; this only tells subscribers.
+async fn announce_expired_leases(db: Database) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(error) = crate::service::leases::announce_expired(&db).await {
+            tracing::warn!(error = %error, "failed to announce expired leases; retrying");
+        }
+    }
+}
 
 /// Deletes expired changes now and then, for as long as the server runs.
 /// Several instances may prune the same database; each run deletes what is

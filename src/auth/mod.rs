@@ -149,7 +149,16 @@ fn verify_jwt(jwt: &JwtSettings, token: &str) -> Result<Principal, AuthError> {
     let mut validation = Validation::new(jwt.algorithm);
     validation.leeway = jwt.leeway_seconds;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp"]);
+    // A configured issuer or audience must be present in the token, not
+    // only match when present.
+    let mut required = vec!["exp"];
+    if jwt.issuer.is_some() {
+        required.push("iss");
+    }
+    if jwt.audience.is_some() {
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
     match &jwt.audience {
         Some(audience) => validation.set_audience(&[audience]),
         None => validation.validate_aud = false,

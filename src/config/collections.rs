@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::ConfigError;
 use crate::domain::CollectionName;
-use crate::domain::collection::{CollectionPolicy, Collections, MergePolicy};
+use crate::domain::collection::{CollectionPolicy, Collections, DEFAULT_LEASE_TTL_SECONDS, LeaseMode, MergePolicy};
 use crate::domain::record::RESERVED_MEMBERS;
 
 /// One `[collections.NAME]` section as written.
@@ -26,18 +26,8 @@ pub struct CollectionFile {
     read: Option<Vec<String>>,
     write: Option<Vec<String>>,
     break_leases: Option<Vec<String>>,
-    // Read by edit leases, which are not built yet; accepted and checked for
-    // type now so that a file written for them loads.
     leases: Option<LeaseMode>,
     lease_ttl_seconds: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum LeaseMode {
-    Off,
-    Advisory,
-    Required,
 }
 
 /// Builds the collections, compiling each schema once. `base_dir` is the
@@ -84,7 +74,6 @@ pub fn build(files: BTreeMap<String, CollectionFile>, base_dir: &Path) -> Result
         if file.lease_ttl_seconds == Some(0) {
             return Err(ConfigError::Invalid { key: key("lease_ttl_seconds"), message: "must be greater than 0".to_owned() });
         }
-        let _ = file.leases;
 
         let policy = CollectionPolicy {
             merge: file.merge.unwrap_or_default(),
@@ -95,6 +84,8 @@ pub fn build(files: BTreeMap<String, CollectionFile>, base_dir: &Path) -> Result
             read: file.read,
             write: file.write,
             break_leases: file.break_leases,
+            leases: file.leases.unwrap_or_default(),
+            lease_ttl_seconds: file.lease_ttl_seconds.unwrap_or(DEFAULT_LEASE_TTL_SECONDS),
         };
         declared.insert(name, policy);
     }

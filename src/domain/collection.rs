@@ -23,6 +23,23 @@ pub enum MergePolicy {
     Fields,
 }
 
+/// How a collection uses edit leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseMode {
+    /// No leases: the lease endpoints answer 404.
+    Off,
+    /// Leases are shown and pushed; writes are guarded by versions only.
+    #[default]
+    Advisory,
+    /// A write to a record with an active lease needs the holder's
+    /// `Lease-Token`.
+    Required,
+}
+
+/// Default time a lease lasts when the client asks for no other.
+pub const DEFAULT_LEASE_TTL_SECONDS: u64 = 60;
+
 /// What a request does with a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -41,7 +58,7 @@ pub struct SchemaError {
 
 /// The rules of one collection. Collections that are not declared in the
 /// configuration get [`CollectionPolicy::default`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct CollectionPolicy {
     pub merge: MergePolicy,
     /// JSON Pointers whose changes never conflict; the latest write wins.
@@ -58,6 +75,27 @@ pub struct CollectionPolicy {
     pub read: Option<Vec<String>>,
     pub write: Option<Vec<String>>,
     pub break_leases: Option<Vec<String>>,
+    pub leases: LeaseMode,
+    /// Seconds a lease lasts unless the client asks for less; clients may
+    /// ask for up to ten times as long.
+    pub lease_ttl_seconds: u64,
+}
+
+impl Default for CollectionPolicy {
+    fn default() -> Self {
+        Self {
+            merge: MergePolicy::default(),
+            last_writer_wins: Vec::new(),
+            keep_revisions: None,
+            allow_unconditional_writes: false,
+            schema: None,
+            read: None,
+            write: None,
+            break_leases: None,
+            leases: LeaseMode::default(),
+            lease_ttl_seconds: DEFAULT_LEASE_TTL_SECONDS,
+        }
+    }
 }
 
 impl std::fmt::Debug for CollectionPolicy {
@@ -71,6 +109,8 @@ impl std::fmt::Debug for CollectionPolicy {
             .field("read", &self.read)
             .field("write", &self.write)
             .field("break_leases", &self.break_leases)
+            .field("leases", &self.leases)
+            .field("lease_ttl_seconds", &self.lease_ttl_seconds)
             .finish()
     }
 }

@@ -104,6 +104,11 @@ fn parse_operation(state: &AppState, principal: &Principal, operation: Value) ->
         Some(value) => Some(value.as_i64().filter(|v| *v >= 1).ok_or_else(|| invalid("version must be an integer from 1".to_owned()))?),
     };
     let required_id = || id.ok_or_else(|| invalid(format!("a {op} operation needs an id")));
+    let lease_token = match members.remove("lease_token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(token)) => Some(token),
+        Some(_) => return Err(invalid("lease_token must be a string".to_owned())),
+    };
 
     let operation = match op.as_str() {
         "create" => {
@@ -125,9 +130,9 @@ fn parse_operation(state: &AppState, principal: &Principal, operation: Value) ->
                 (None, None) => None,
             };
             let change = if op == "update" { Change::MergePatch(split.fields) } else { Change::Replace(split.fields) };
-            BatchOperation::Write { id, expected, change }
+            BatchOperation::Write { id, expected, change, lease_token }
         }
-        "delete" => BatchOperation::Write { id: required_id()?, expected: version.map(ExpectedVersion::Exactly), change: Change::Delete },
+        "delete" => BatchOperation::Write { id: required_id()?, expected: version.map(ExpectedVersion::Exactly), change: Change::Delete, lease_token },
         other => return Err(invalid(format!("unknown op {other:?}; use create, update, replace or delete"))),
     };
     if let Some(unknown) = members.keys().next() {

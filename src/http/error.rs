@@ -38,6 +38,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("{detail}")]
     Forbidden { detail: String },
+    #[error("leases are off in {collection}")]
+    LeasesOff { collection: String },
     #[error("authentication failed: {0}")]
     Unauthenticated(crate::auth::AuthError),
     #[error("rate limited")]
@@ -126,6 +128,12 @@ impl ApiError {
             }
             Self::RouteNotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found", "No endpoint exists at this path."),
             Self::Forbidden { detail } => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", detail.clone()),
+            Self::LeasesOff { collection } => Problem::new(
+                S::NOT_FOUND,
+                "leases-off",
+                "Leases are off",
+                format!("The collection {collection:?} does not use edit leases (leases = \"off\")."),
+            ),
             Self::Unauthenticated(error) => {
                 let detail = match error {
                     crate::auth::AuthError::Missing => "This endpoint needs credentials: send Authorization: Bearer <token>.".to_owned(),
@@ -170,6 +178,22 @@ fn service_problem(error: &ServiceError) -> Problem {
             "Forbidden",
             format!("You may not {access} the collection {name:?}; ask for a role that its configuration allows."),
         ),
+        ServiceError::Locked { holder, expires_at } => Problem::new(
+            S::LOCKED,
+            "locked",
+            "Record leased",
+            format!("{holder} holds an edit lease on this record until {}; wait, or ask them to release it.", format_timestamp(*expires_at)),
+        )
+        .with("holder", Value::String(holder.clone()))
+        .with("expires_at", Value::String(format_timestamp(*expires_at))),
+        ServiceError::LeaseGone => Problem::new(
+            S::GONE,
+            "lease-gone",
+            "Lease gone",
+            "This lease token no longer holds the lease: it expired, was released, broken or replaced. Acquire a new lease.",
+        ),
+        ServiceError::LeaseNotFound => Problem::new(S::NOT_FOUND, "lease-not-found", "No lease", "No edit lease is active on this record."),
+        ServiceError::InvalidLease(reason) => Problem::new(S::BAD_REQUEST, "invalid-lease", "Invalid lease request", sentence(reason)),
         ServiceError::CollectionNotFound { name } => Problem::new(
             S::NOT_FOUND,
             "collection-not-found",

@@ -30,12 +30,14 @@ pub struct CollectionPath {
     pub name: CollectionName,
     pub policy: Arc<CollectionPolicy>,
     pub principal: Principal,
+    /// The `Lease-Token` header, for collections that require leases.
+    pub lease_token: Option<String>,
 }
 
 impl CollectionPath {
     /// Returns who writes and under which collection rules.
     pub fn write_context(&self) -> WriteContext {
-        WriteContext { principal: self.principal.name.clone(), policy: self.policy.clone() }
+        WriteContext { principal: self.principal.name.clone(), policy: self.policy.clone(), lease_token: self.lease_token.clone() }
     }
 }
 
@@ -76,7 +78,8 @@ fn collection_from(req: &HttpRequest) -> Result<CollectionPath, ApiError> {
     if !policy.allows(&principal, access) {
         return Err(ServiceError::Forbidden { name: name.to_string(), access: verb }.into());
     }
-    Ok(CollectionPath { name, policy, principal })
+    let lease_token = req.headers().get("lease-token").and_then(|value| value.to_str().ok()).map(|token| token.trim().to_owned());
+    Ok(CollectionPath { name, policy, principal, lease_token })
 }
 
 /// `{collection}/{id}` from the URL, checked like [`CollectionPath`].
@@ -85,13 +88,14 @@ pub struct RecordPath {
     pub collection: CollectionName,
     pub policy: Arc<CollectionPolicy>,
     pub principal: Principal,
+    pub lease_token: Option<String>,
     pub id: RecordId,
 }
 
 impl RecordPath {
     /// Returns who writes and under which collection rules.
     pub fn write_context(&self) -> WriteContext {
-        WriteContext { principal: self.principal.name.clone(), policy: self.policy.clone() }
+        WriteContext { principal: self.principal.name.clone(), policy: self.policy.clone(), lease_token: self.lease_token.clone() }
     }
 }
 
@@ -109,7 +113,13 @@ fn record_path_from(req: &HttpRequest) -> Result<RecordPath, ApiError> {
     let raw = req.match_info().get("id").unwrap_or_default();
     let id = RecordId::parse(raw)
         .map_err(|_| ApiError::bad_request("invalid-record-id", format!("Invalid record id {raw:?}: record ids are UUIDs.")))?;
-    Ok(RecordPath { collection: collection.name, policy: collection.policy, principal: collection.principal, id })
+    Ok(RecordPath {
+        collection: collection.name,
+        policy: collection.policy,
+        principal: collection.principal,
+        lease_token: collection.lease_token,
+        id,
+    })
 }
 
 /// `{version}` from a revision URL.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod leases;
 pub mod metrics;
 pub mod records;
 pub mod response;
@@ -158,6 +159,10 @@ routes! {
     get "/v1/{collection}/{id}/versions" => versions::history,
     get "/v1/{collection}/{id}/versions/{version}" => versions::revision,
     post "/v1/{collection}/{id}/versions/{version}/restore" => versions::restore,
+    post "/v1/{collection}/{id}/lease" => leases::acquire,
+    put "/v1/{collection}/{id}/lease" => leases::renew,
+    delete "/v1/{collection}/{id}/lease" => leases::release,
+    get "/v1/{collection}/{id}/lease" => leases::show,
 }
 
 /// Returns the error for a request that no route matched.

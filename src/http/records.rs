@@ -10,6 +10,11 @@ use super::response::{json_response, list_etag, not_modified, record_response, t
 use super::AppState;
 use crate::domain::record::split_body;
 use crate::domain::{EntityTag, ExpectedVersion, IfNoneMatch};
+use actix_web::http::header::{HeaderName, HeaderValue};
+
+use crate::domain::collection::LeaseMode;
+use crate::domain::record::format_timestamp;
+use crate::service::leases;
 use crate::service::list::{self, ListParams};
 use crate::service::records::{self, Change, Created, IdempotencyKey};
 use crate::service::ServiceError;
@@ -43,7 +48,21 @@ pub async fn get(state: web::Data<AppState>, path: RecordPath, preconditions: Pr
     if preconditions.if_none_match.is_some_and(|header| header.matches(&etag)) {
         return Ok(not_modified(&etag));
     }
-    Ok(record_response(StatusCode::OK, &record))
+    let mut response = record_response(StatusCode::OK, &record);
+    if path.policy.leases != LeaseMode::Off
+        && let Some(lease) = leases::active(&state.db, &path.collection, path.id).await?
+        && let Ok(value) = HeaderValue::from_str(&lease_header(&lease))
+    {
+        response.headers_mut().insert(HeaderName::from_static("versa-lease"), value);
+    }
+    Ok(response)
+}
+
+/// Formats the active lease for the `Versa-Lease` header:
+/// `holder="alice", expires_at="2026-12-04T20:00:00.000000Z"`.
+fn lease_header(lease: &leases::Lease) -> String {
+    let holder = lease.holder.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("holder=\"{holder}\", expires_at=\"{}\"", format_timestamp(lease.expires_at))
 }
 
 /// `PUT /v1/{collection}/{id}`: replaces the record, or with

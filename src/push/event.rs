@@ -37,7 +37,14 @@ fn build(conn: &mut DbConnection, row: &ChangeRow) -> Result<PushEvent, StorageE
     let cursor = encode_position(position);
     let event_type = format!("{}.{}", row.collection, row.operation);
 
-    let message = json!({"type": event_type, "payload": payload(conn, row)?, "cursor": cursor}).to_string();
+    // Lease events carry their own facts; record events carry the record.
+    let (event_type, payload) = match &row.detail {
+        Some(detail) if row.operation.starts_with("lease.") => {
+            (row.operation.clone(), serde_json::from_str(detail).unwrap_or(Value::Null))
+        }
+        _ => (event_type, payload(conn, row)?),
+    };
+    let message = json!({"type": event_type, "payload": payload, "cursor": cursor}).to_string();
     Ok(PushEvent {
         position,
         collection: row.collection.clone(),

@@ -23,7 +23,7 @@ pub struct BatchItem {
 #[derive(Debug, Clone)]
 pub enum BatchOperation {
     Create { id: Option<RecordId>, fields: Fields },
-    Write { id: RecordId, expected: Option<ExpectedVersion>, change: Change },
+    Write { id: RecordId, expected: Option<ExpectedVersion>, change: Change, lease_token: Option<String> },
 }
 
 /// The effect of one operation.
@@ -125,7 +125,11 @@ pub async fn run_each(db: &Database, items: Vec<Result<BatchItem, ServiceError>>
 }
 
 fn run_item(conn: &mut DbConnection, item: &BatchItem, principal: &str) -> Result<ItemOutcome, ServiceError> {
-    let context = WriteContext { principal: principal.to_owned(), policy: item.policy.clone() };
+    let lease_token = match &item.operation {
+        BatchOperation::Write { lease_token, .. } => lease_token.clone(),
+        BatchOperation::Create { .. } => None,
+    };
+    let context = WriteContext { principal: principal.to_owned(), policy: item.policy.clone(), lease_token };
     let collection = item.collection.as_str();
 
     match &item.operation {
@@ -134,7 +138,7 @@ fn run_item(conn: &mut DbConnection, item: &BatchItem, principal: &str) -> Resul
             let id = id.unwrap_or_else(RecordId::generate);
             insert_in_transaction(conn, collection, id, fields.clone(), principal).map(ItemOutcome::Created)
         }
-        BatchOperation::Write { id, expected, change } => {
+        BatchOperation::Write { id, expected, change, .. } => {
             let expected = require_expected(expected.clone(), &context)?;
             let written = write_in_transaction(conn, collection, *id, &expected, change, &context)?;
             Ok(match change {

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod changes;
 pub mod conflict;
 pub mod cursor;
+pub mod leases;
 pub mod list;
 pub mod records;
 pub mod versions;
@@ -39,6 +40,14 @@ impl RecordSnapshot {
 pub enum ServiceError {
     #[error("no permission to {access} collection {name}")]
     Forbidden { name: String, access: &'static str },
+    #[error("record leased by someone else")]
+    Locked { holder: String, expires_at: DateTime<Utc> },
+    #[error("lease token no longer holds the lease")]
+    LeaseGone,
+    #[error("no active lease")]
+    LeaseNotFound,
+    #[error("invalid lease request: {0}")]
+    InvalidLease(String),
     #[error("collection {name} is not declared")]
     CollectionNotFound { name: String },
     #[error("record not found")]

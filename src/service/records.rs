@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::conflict::{self, Resolution};
 use super::{RecordSnapshot, ServiceError};
-use crate::domain::collection::CollectionPolicy;
+use crate::domain::collection::{CollectionPolicy, LeaseMode};
 use crate::domain::diff::changed_paths;
 use crate::domain::patch::{apply_json_patch, apply_merge_patch, check_written_paths};
 use crate::domain::record::{Fields, to_wire};
@@ -42,6 +42,8 @@ pub enum Change {
 pub struct WriteContext {
     pub principal: String,
     pub policy: Arc<CollectionPolicy>,
+    /// The `Lease-Token` the request carried, for `leases = "required"`.
+    pub lease_token: Option<String>,
 }
 
 /// Reads the current version of a record.
@@ -328,6 +330,9 @@ pub(crate) fn write_in_transaction(
 ) -> Result<Written, ServiceError> {
     let key = id.to_key();
     records::lock_record(conn, collection, &key)?;
+    if context.policy.leases == LeaseMode::Required {
+        super::leases::check_write(conn, collection, &key, context.lease_token.as_deref())?;
+    }
 
     // A restore may write over a tombstone; every other write to a deleted
     // record is a conflict.
@@ -436,6 +441,7 @@ fn record_history(conn: &mut DbConnection, row: &RecordRow, operation: Operation
             operation: operation.as_str().to_owned(),
             principal: row.updated_by.clone(),
             changed_at: row.updated_at,
+            detail: None,
         },
     )?;
     records::notify_change(conn)?;

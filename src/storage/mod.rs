@@ -9,6 +9,7 @@ pub mod connection;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
+pub mod leases;
 pub mod migrations;
 pub mod models;
 pub mod records;

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde_json::Value;
 
 use super::StorageError;
-use super::schema::{changes, idempotency_keys, records, revisions};
+use super::schema::{changes, idempotency_keys, leases, records, revisions};
 use crate::domain::record::Fields;
 use crate::domain::{RecordId, RecordMeta};
 
@@ -81,6 +81,7 @@ pub struct ChangeRow {
     pub operation: String,
     pub principal: String,
     pub changed_at: NaiveDateTime,
+    pub detail: Option<String>,
 }
 
 /// A change to append; `seq` and `txid` come from the database.
@@ -93,6 +94,18 @@ pub struct NewChange {
     pub operation: String,
     pub principal: String,
     pub changed_at: NaiveDateTime,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = leases)]
+pub struct LeaseRow {
+    pub collection: String,
+    pub record_id: String,
+    pub token_sha256: String,
+    pub holder: String,
+    pub acquired_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

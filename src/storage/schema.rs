@@ -39,6 +39,7 @@ diesel::table! {
         operation -> Text,
         principal -> Text,
         changed_at -> Timestamp,
+        detail -> Nullable<Text>,
     }
 }
 
@@ -63,4 +64,15 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(records, revisions, changes, idempotency_keys, feed_horizon);
+diesel::table! {
+    leases (collection, record_id) {
+        collection -> Text,
+        record_id -> Text,
+        token_sha256 -> Text,
+        holder -> Text,
+        acquired_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(records, revisions, changes, idempotency_keys, feed_horizon, leases);

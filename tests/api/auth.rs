@@ -244,6 +244,8 @@ async fn hs256_tokens_are_checked(app: TestApp) {
         ("wrong audience", jwt(claims(json!({"aud": "other"})), Algorithm::HS256, &key)),
         ("wrong issuer", jwt(claims(json!({"iss": "https://evil.test"})), Algorithm::HS256, &key)),
         ("no expiry", jwt(claims(json!({"exp": null})), Algorithm::HS256, &key)),
+        ("no audience", jwt(claims(json!({"aud": null})), Algorithm::HS256, &key)),
+        ("no issuer", jwt(claims(json!({"iss": null})), Algorithm::HS256, &key)),
         ("wrong signature", jwt(claims(json!({})), Algorithm::HS256, &other_key)),
         ("alg none", unsigned_token(&claims(json!({})))),
     ];

@@ -206,7 +206,7 @@ async fn slow_subscriber_is_reset(backend: crate::helpers::Backend) {
     assert!(matches!(messages.recv().await, Some(PushMessage::Ready)));
 
     let notes = CollectionName::parse("notes").unwrap();
-    let context = WriteContext { principal: "tester".into(), policy: Default::default() };
+    let context = WriteContext { principal: "tester".into(), policy: Default::default(), lease_token: None };
     // Each change is read by the feed reader before the next is written, so
     // the subscriber receives them live, one at a time, fills its queue and
     // then falls behind the broadcast.

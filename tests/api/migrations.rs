@@ -18,11 +18,11 @@ async fn round_trip(backend: crate::helpers::Backend) {
     tokio::task::spawn_blocking(move || {
         let db = Database::connect(&url, 1, Duration::from_secs(5)).unwrap();
         db.with_writer_blocking(|conn| {
-            assert_eq!(migrations::run_pending(conn)?, 2);
+            assert_eq!(migrations::run_pending(conn)?, 3);
             assert!(migrations::is_current(conn)?);
-            assert_eq!(migrations::revert_all(conn)?, 2);
+            assert_eq!(migrations::revert_all(conn)?, 3);
             assert!(!migrations::is_current(conn)?);
-            assert_eq!(migrations::run_pending(conn)?, 2);
+            assert_eq!(migrations::run_pending(conn)?, 3);
             assert!(migrations::is_current(conn)?);
             Ok(())
         })

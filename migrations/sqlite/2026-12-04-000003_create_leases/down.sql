@@ -1,0 +1,2 @@
+ALTER TABLE changes DROP COLUMN detail;
+DROP TABLE leases;
