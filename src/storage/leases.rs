@@ -10,15 +10,15 @@ use super::models::LeaseRow;
 use super::schema::leases;
 use super::{DbConnection, StorageError};
 
-const TAKE_OVER_SQLITE: &str = "INSERT INTO leases (collection, record_id, token_sha256, holder, acquired_at, expires_at) \\
-     VALUES (?, ?, ?, ?, ?, ?) \\
-     ON CONFLICT (collection, record_id) DO UPDATE SET token_sha256 = excluded.token_sha256, holder = excluded.holder, \\
-     acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \\
+const TAKE_OVER_SQLITE: &str = "INSERT INTO leases (collection, record_id, token_sha256, holder, acquired_at, expires_at) \
+     VALUES (?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (collection, record_id) DO UPDATE SET token_sha256 = excluded.token_sha256, holder = excluded.holder, \
+     acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \
      WHERE leases.expires_at <= excluded.acquired_at";
-const TAKE_OVER_POSTGRES: &str = "INSERT INTO leases (collection, record_id, token_sha256, holder, acquired_at, expires_at) \\
-     VALUES ($1, $2, $3, $4, $5, $6) \\
-     ON CONFLICT (collection, record_id) DO UPDATE SET token_sha256 = excluded.token_sha256, holder = excluded.holder, \\
-     acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \\
+const TAKE_OVER_POSTGRES: &str = "INSERT INTO leases (collection, record_id, token_sha256, holder, acquired_at, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (collection, record_id) DO UPDATE SET token_sha256 = excluded.token_sha256, holder = excluded.holder, \
+     acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \
      WHERE leases.expires_at <= excluded.acquired_at";
 
 /// Acquires a lease in one statement: inserts it, or takes over a lease that

@@ -13,6 +13,7 @@ mod errors;
 mod events;
 mod health;
 mod idempotency;
+mod leases;
 mod list;
 mod migrations;
 mod patch;
