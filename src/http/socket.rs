@@ -14,13 +14,18 @@ use tokio::task::AbortHandle;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::Principal;
+use crate::domain::collection::{Access, LeaseMode};
+use crate::domain::{CollectionName, RecordId};
 use crate::push::{self, PushMessage};
+use crate::service::ServiceError;
+use crate::service::leases;
+use crate::storage::Database;
 use crate::service::changes::decode_position;
 use crate::storage::feed::FeedFilter;
 
 /// A client message.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum ClientMessage {
     Subscribe {
         id: String,
@@ -36,6 +41,48 @@ enum ClientMessage {
     Ping {
         payload: Option<Value>,
     },
+    /// Acquires an edit lease held by this socket: renewed while the client
+    /// answers, released when the socket closes.
+    AcquireLease {
+        collection: String,
+        id: String,
+        ttl_seconds: Option<u64>,
+    },
+    ReleaseLease {
+        collection: String,
+        id: String,
+    },
+}
+
+/// One lease held by a socket.
+struct HeldLease {
+    collection: CollectionName,
+    id: RecordId,
+    token: String,
+    ttl: chrono::Duration,
+    renew_at: tokio::time::Instant,
+}
+
+/// The leases a socket holds. Dropping it, however the socket ends,
+/// releases them.
+struct HeldLeases {
+    db: Database,
+    held: HashMap<(String, String), HeldLease>,
+}
+
+impl Drop for HeldLeases {
+    fn drop(&mut self) {
+        for (_, lease) in self.held.drain() {
+            let db = self.db.clone();
+            tokio::spawn(async move {
+                if let Err(error) = leases::release(&db, &lease.collection, lease.id, &lease.token).await
+                    && !matches!(error, ServiceError::LeaseGone)
+                {
+                    tracing::warn!(error = %error, collection = %lease.collection, record.id = %lease.id, "failed to release a WebSocket lease");
+                }
+            });
+        }
+    }
 }
 
 /// The socket's live subscriptions, each with the number that tags its
@@ -95,11 +142,22 @@ async fn serve(state: Arc<AppState>, principal: Principal, mut session: Session,
     let heartbeat = state.settings.heartbeat;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
 
+    let mut held = HeldLeases { db: state.db.clone(), held: HashMap::new() };
+    let mut last_seen = tokio::time::Instant::now();
+    let mut renewals = tokio::time::interval(std::time::Duration::from_millis(250));
+
     let close = loop {
         tokio::select! {
             received = stream.recv() => match received {
                 Some(Ok(AggregatedMessage::Text(text))) => {
-                    let reply = handle_text(&state, &principal, &text, &mut subscriptions, &sink);
+                    last_seen = tokio::time::Instant::now();
+                    let reply = match serde_json::from_str::<ClientMessage>(&text) {
+                        Ok(ClientMessage::AcquireLease { collection, id, ttl_seconds }) => {
+                            Some(acquire_lease(&state, &principal, &mut held, &collection, &id, ttl_seconds).await)
+                        }
+                        Ok(ClientMessage::ReleaseLease { collection, id }) => Some(release_lease(&mut held, &collection, &id).await),
+                        parsed => handle_message(&state, &principal, parsed, &mut subscriptions, &sink),
+                    };
                     if let Some(reply) = reply
                         && session.text(reply.to_string()).await.is_err()
                     {
@@ -113,11 +171,12 @@ async fn serve(state: Arc<AppState>, principal: Principal, mut session: Session,
                     }
                 }
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    last_seen = tokio::time::Instant::now();
                     if session.pong(&bytes).await.is_err() {
                         break None;
                     }
                 }
-                Some(Ok(AggregatedMessage::Pong(_))) => {}
+                Some(Ok(AggregatedMessage::Pong(_))) => last_seen = tokio::time::Instant::now(),
                 Some(Ok(AggregatedMessage::Close(_))) | None => break None,
                 Some(Err(error)) => {
                     tracing::info!(error = %error, "closing a WebSocket after a protocol error");
@@ -150,6 +209,18 @@ async fn serve(state: Arc<AppState>, principal: Principal, mut session: Session,
                     break None;
                 }
             }
+            _ = renewals.tick(), if !held.held.is_empty() => {
+                // Leases are renewed only while the client answers, so a
+                // client that hangs without closing loses them.
+                if last_seen.elapsed() > heartbeat * 2 {
+                    continue;
+                }
+                for lost in renew_due(&mut held).await {
+                    if session.text(lost.to_string()).await.is_err() {
+                        break;
+                    }
+                }
+            }
             _ = shutdown.changed() => {
                 let reply = json!({"type": "shutdown", "payload": {"reason": "the server is stopping; reconnect and resubscribe with your last cursors"}});
                 let _ = session.text(reply.to_string()).await;
@@ -159,17 +230,108 @@ async fn serve(state: Arc<AppState>, principal: Principal, mut session: Session,
     };
 
     drop(subscriptions);
+    drop(held);
     let _ = session.close(close).await;
 }
 
-/// Handles one client message; returns the immediate reply, if any.
-fn handle_text(state: &Arc<AppState>, principal: &Principal, text: &str, subscriptions: &mut Subscriptions, sink: &mpsc::Sender<Tagged>) -> Option<Value> {
-    let message: ClientMessage = match serde_json::from_str(text) {
+async fn acquire_lease(state: &AppState, principal: &Principal, held: &mut HeldLeases, collection: &str, id: &str, ttl_seconds: Option<u64>) -> Value {
+    let target = json!({"collection": collection, "id": id});
+    let result = async {
+        let name = CollectionName::parse(collection)
+            .map_err(|error| ApiError::bad_request("invalid-collection-name", format!("Invalid collection name {collection:?}: {error}.")))?;
+        let record_id = RecordId::parse(id).map_err(|_| ApiError::bad_request("invalid-record-id", format!("Invalid record id {id:?}: record ids are UUIDs.")))?;
+        let policy = state.collections.get(&name).ok_or_else(|| ServiceError::CollectionNotFound { name: name.to_string() })?;
+        if !policy.allows(principal, Access::Write) {
+            return Err(ServiceError::Forbidden { name: name.to_string(), access: "write" }.into());
+        }
+        if policy.leases == LeaseMode::Off {
+            return Err(ApiError::LeasesOff { collection: name.to_string() });
+        }
+        let ttl = leases::lifetime(&policy, ttl_seconds)?;
+        let (token, lease) = leases::acquire(&state.db, &name, record_id, &principal.name, ttl).await?;
+        Ok::<_, ApiError>((name, record_id, token, lease, ttl))
+    }
+    .await;
+
+    match result {
+        Ok((name, record_id, token, lease, ttl)) => {
+            let renew_at = tokio::time::Instant::now() + (ttl / 3).to_std().unwrap_or_default();
+            held.held.insert((collection.to_owned(), id.to_owned()), HeldLease { collection: name, id: record_id, token: token.clone(), ttl, renew_at });
+            let mut payload = lease.to_json();
+            payload["collection"] = target["collection"].clone();
+            payload["id"] = target["id"].clone();
+            payload["token"] = Value::String(token);
+            json!({"type": "lease_acquired", "payload": payload})
+        }
+        Err(error) => lease_error(&target, error),
+    }
+}
+
+async fn release_lease(held: &mut HeldLeases, collection: &str, id: &str) -> Value {
+    let target = json!({"collection": collection, "id": id});
+    let Some(lease) = held.held.remove(&(collection.to_owned(), id.to_owned())) else {
+        return lease_error(&target, ServiceError::LeaseNotFound.into());
+    };
+    match leases::release(&held.db, &lease.collection, lease.id, &lease.token).await {
+        Ok(()) => json!({"type": "lease_released", "payload": target}),
+        Err(error) => lease_error(&target, error.into()),
+    }
+}
+
+/// Renews the held leases that are a third of the way to expiry, checked
+/// every 250 ms, so that even a one-second lease is renewed in time; returns a
+/// `lease_lost` message for each one that was broken or lost meanwhile.
+async fn renew_due(held: &mut HeldLeases) -> Vec<Value> {
+    let now = tokio::time::Instant::now();
+    let mut lost = Vec::new();
+    let due: Vec<(String, String)> = held.held.iter().filter(|(_, lease)| lease.renew_at <= now).map(|(key, _)| key.clone()).collect();
+    for key in due {
+        let Some(lease) = held.held.get_mut(&key) else { continue };
+        match leases::renew(&held.db, &lease.collection, lease.id, &lease.token, lease.ttl).await {
+            Ok(_) => lease.renew_at = now + (lease.ttl / 3).to_std().unwrap_or_default(),
+            Err(error) => {
+                held.held.remove(&key);
+                let target = json!({"collection": key.0, "id": key.1});
+                let mut message = lease_error(&target, error.into());
+                message["type"] = Value::String("lease_lost".to_owned());
+                lost.push(message);
+            }
+        }
+    }
+    lost
+}
+
+/// An `error` message for a lease request, with the problem's type slug
+/// as its code and the problem's members (such as `holder`) in its payload.
+fn lease_error(target: &Value, error: ApiError) -> Value {
+    let (_, problem) = error.to_problem();
+    let code = problem["type"].as_str().and_then(|kind| kind.rsplit('/').next()).unwrap_or("error").to_owned();
+    let mut payload = json!({"code": code, "message": problem["detail"], "collection": target["collection"], "id": target["id"]});
+    for member in ["holder", "expires_at"] {
+        if let Some(value) = problem.get(member) {
+            payload[member] = value.clone();
+        }
+    }
+    json!({"type": "error", "subscription": null, "payload": payload})
+}
+
+/// Handles a subscription or ping message; returns the immediate reply, if
+/// any.
+fn handle_message(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    parsed: Result<ClientMessage, serde_json::Error>,
+    subscriptions: &mut Subscriptions,
+    sink: &mpsc::Sender<Tagged>,
+) -> Option<Value> {
+    let message = match parsed {
         Ok(message) => message,
         Err(error) => return Some(error_message(None, "invalid-message", &format!("The message is not a valid client message: {error}."))),
     };
 
     match message {
+        // Lease messages need the database and are handled by the caller.
+        ClientMessage::AcquireLease { .. } | ClientMessage::ReleaseLease { .. } => None,
         ClientMessage::Ping { payload } => Some(json!({"type": "pong", "payload": payload})),
         ClientMessage::Unsubscribe { id } => {
             if subscriptions.remove(&id) {

@@ -23,7 +23,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn from_row(row: &LeaseRow) -> Self {
+    pub(crate) fn from_row(row: &LeaseRow) -> Self {
         Self { holder: row.holder.clone(), acquired_at: row.acquired_at.and_utc(), expires_at: row.expires_at.and_utc() }
     }
 

@@ -19,11 +19,17 @@ const MAX_FIELD_NAME_LEN: usize = 64;
 pub struct ListPage {
     pub items: Vec<Value>,
     pub next_cursor: Option<String>,
+    /// With `include=leases`: the active lease of each record on the page
+    /// that has one, by record id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<serde_json::Map<String, Value>>,
 }
 
 /// A list request as parsed from the query string.
 #[derive(Debug, Clone)]
 pub struct ListParams {
+    /// `include=leases`: add the active leases of the page's records.
+    pub include_leases: bool,
     pub limit: i64,
     pub cursor: Option<String>,
     pub sort: Option<(ListField, bool)>,
@@ -39,11 +45,15 @@ impl ListParams {
     ///
     /// [`ServiceError::InvalidQuery`] naming the parameter at fault.
     pub fn parse(pairs: Vec<(String, String)>) -> Result<Self, ServiceError> {
-        let mut params = Self { limit: DEFAULT_LIMIT, cursor: None, sort: None, filters: Vec::new() };
+        let mut params = Self { include_leases: false, limit: DEFAULT_LIMIT, cursor: None, sort: None, filters: Vec::new() };
         for (name, value) in pairs {
             match name.as_str() {
                 "limit" => params.limit = parse_limit(&value)?,
                 "cursor" => params.cursor = Some(value),
+                "include" => match value.as_str() {
+                    "leases" => params.include_leases = true,
+                    other => return Err(ServiceError::InvalidQuery(format!("include accepts only \"leases\", got {other:?}"))),
+                },
                 "sort" => {
                     let (descending, name) = match value.strip_prefix('-') {
                         Some(name) => (true, name),
@@ -128,6 +138,7 @@ pub async fn list(db: &Database, collection: &CollectionName, params: ListParams
         Some(text) => decode_cursor(text, &fingerprint)?,
     };
     let id_ordered = params.sort.is_none();
+    let include_leases = params.include_leases;
     let offset = match position {
         ListPosition::Offset(offset) => offset,
         _ => 0,
@@ -141,7 +152,23 @@ pub async fn list(db: &Database, collection: &CollectionName, params: ListParams
     };
     let limit = params.limit;
 
-    let rows = db.read(move |conn| records::list(conn, &query).map_err(ServiceError::from)).await?;
+    let (rows, leases) = db
+        .read(move |conn| {
+            let rows = records::list(conn, &query)?;
+            let leases = if include_leases {
+                let ids: Vec<String> = rows.iter().take(query.limit as usize - 1).map(|row| row.id.clone()).collect();
+                Some(crate::storage::leases::find_active_many(conn, &query.collection, &ids, crate::storage::models::now().naive_utc())?)
+            } else {
+                None
+            };
+            Ok::<_, ServiceError>((rows, leases))
+        })
+        .await?;
+    let leases = leases.map(|rows| {
+        rows.iter()
+            .map(|row| (row.record_id.clone(), super::leases::Lease::from_row(row).to_json()))
+            .collect::<serde_json::Map<String, Value>>()
+    });
 
     // Id order pages by keyset; other sorts page by offset, so a record
     // written between two requests can shift a sorted listing by one.
@@ -155,7 +182,7 @@ pub async fn list(db: &Database, collection: &CollectionName, params: ListParams
     };
 
     let items = page.iter().map(|row| snapshot(row).map(|record| record.to_wire())).collect::<Result<Vec<_>, _>>()?;
-    Ok(ListPage { items, next_cursor })
+    Ok(ListPage { items, next_cursor, leases })
 }
 
 fn decode_cursor(text: &str, fingerprint: &str) -> Result<ListPosition, ServiceError> {

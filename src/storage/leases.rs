@@ -56,6 +56,19 @@ pub fn find_active(conn: &mut DbConnection, collection: &str, id: &str, now: Nai
         .optional()?)
 }
 
+/// Returns the leases active at `now` on any of the records `ids`.
+pub fn find_active_many(conn: &mut DbConnection, collection: &str, ids: &[String], now: NaiveDateTime) -> Result<Vec<LeaseRow>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(leases::table
+        .filter(leases::collection.eq(collection))
+        .filter(leases::record_id.eq_any(ids.to_vec()))
+        .filter(leases::expires_at.gt(now))
+        .select(LeaseRow::as_select())
+        .load(conn)?)
+}
+
 /// Extends the active lease whose token hash is `token_sha256`; `false`
 /// when that token no longer holds an active lease.
 pub fn renew(conn: &mut DbConnection, collection: &str, id: &str, token_sha256: &str, now: NaiveDateTime, expires_at: NaiveDateTime) -> Result<bool, StorageError> {

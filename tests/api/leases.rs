@@ -30,7 +30,95 @@ both_backends!(
     lease_requests_are_validated,
     lease_transitions_are_pushed,
     other_instance_sees_the_lease,
+    socket_lease_is_renewed_and_released,
+    socket_lease_ends_with_the_socket,
+    list_includes_leases_on_request,
 );
+
+async fn list_includes_leases_on_request(app: TestApp) {
+    let leased = record(&app, "notes").await;
+    record(&app, "notes").await;
+    let lease: Value = acquire(&app, &leased, None).await.json().await.unwrap();
+
+    let plain: Value = app.get("/v1/notes").await.json().await.unwrap();
+    assert_eq!(plain.get("leases"), None);
+
+    let page: Value = app.get("/v1/notes?include=leases").await.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let leases = page["leases"].as_object().unwrap();
+    assert_eq!(leases.len(), 1);
+    let id = leased.rsplit('/').next().unwrap();
+    assert_eq!(leases[id], json!({"holder": "anonymous", "acquired_at": lease["acquired_at"], "expires_at": lease["expires_at"]}));
+
+    expect_problem(app.get("/v1/notes?include=everything").await, StatusCode::BAD_REQUEST, "invalid-query").await;
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn socket(app: &TestApp) -> Socket {
+    let url = app.url("/v1/_ws").replacen("http://", "ws://", 1);
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+async fn exchange(socket: &mut Socket, message: Value) -> Value {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    socket.send(Message::text(message.to_string())).await.unwrap();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+async fn socket_lease_is_renewed_and_released(app: TestApp) {
+    let path = record(&app, "notes").await;
+    let id = path.rsplit('/').next().unwrap().to_owned();
+    let mut socket = socket(&app).await;
+
+    let acquired = exchange(&mut socket, json!({"type": "acquire_lease", "collection": "notes", "id": id, "ttl_seconds": 2})).await;
+    assert_eq!(acquired["type"], "lease_acquired", "{acquired}");
+    assert_eq!(acquired["payload"]["holder"], "anonymous");
+    assert_eq!(acquired["payload"]["token"].as_str().unwrap().len(), 64);
+
+    let refused = exchange(&mut socket, json!({"type": "acquire_lease", "collection": "notes", "id": id})).await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["payload"]["code"], "locked");
+    assert_eq!(refused["payload"]["holder"], "anonymous");
+
+    // Twice the lease's lifetime later it is still held, because the open
+    // socket renews it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(app.get(&format!("{path}/lease")).await.status(), StatusCode::OK);
+
+    let released = exchange(&mut socket, json!({"type": "release_lease", "collection": "notes", "id": id})).await;
+    assert_eq!(released, json!({"type": "lease_released", "payload": {"collection": "notes", "id": id}}));
+    expect_problem(app.get(&format!("{path}/lease")).await, StatusCode::NOT_FOUND, "lease-not-found").await;
+}
+
+async fn socket_lease_ends_with_the_socket(app: TestApp) {
+    let path = record(&app, "notes").await;
+    let id = path.rsplit('/').next().unwrap().to_owned();
+    let mut socket = socket(&app).await;
+    let acquired = exchange(&mut socket, json!({"type": "acquire_lease", "collection": "notes", "id": id})).await;
+    assert_eq!(acquired["type"], "lease_acquired", "{acquired}");
+
+    // Dropped without a close frame, as a crashed browser would.
+    drop(socket);
+
+    let mut status = StatusCode::OK;
+    for _ in 0..100 {
+        status = app.get(&format!("{path}/lease")).await.status();
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(acquire(&app, &path, None).await.status(), StatusCode::CREATED);
+}
 
 async fn record(app: &TestApp, collection: &str) -> String {
     let created = app.create(collection, json!({"title": "a"})).await;
