@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 /// The principal of every request when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// Who made a request.
+/// The authenticated identity of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub name: String,
@@ -57,7 +57,7 @@ pub struct JwtSettings {
     pub leeway_seconds: u64,
 }
 
-/// Why a request could not be authenticated.
+/// An authentication failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("no bearer token")]

@@ -42,7 +42,7 @@ enum ClientMessage {
         payload: Option<Value>,
     },
     /// Acquires an edit lease held by this socket: renewed while the client
-    /// answers, released when the socket closes.
+    /// responds, released when the socket closes.
     AcquireLease {
         collection: String,
         id: String,
@@ -210,7 +210,7 @@ async fn serve(state: Arc<AppState>, principal: Principal, mut session: Session,
                 }
             }
             _ = renewals.tick(), if !held.held.is_empty() => {
-                // Leases are renewed only while the client answers, so a
+                // Leases are renewed only while the client responds, so a
                 // client that hangs without closing loses them.
                 if last_seen.elapsed() > heartbeat * 2 {
                     continue;
@@ -278,9 +278,9 @@ async fn release_lease(held: &mut HeldLeases, collection: &str, id: &str) -> Val
     }
 }
 
-/// Renews the held leases that are a third of the way to expiry, checked
-/// every 250 ms, so that even a one-second lease is renewed in time; returns a
-/// `lease_lost` message for each one that was broken or lost meanwhile.
+/// Renews the held leases that are a third of the way to expiry. Checked
+/// every 250 ms, even a one-second lease is renewed in time. Returns a
+/// `lease_lost` message for each lease that was broken or lost meanwhile.
 async fn renew_due(held: &mut HeldLeases) -> Vec<Value> {
     let now = tokio::time::Instant::now();
     let mut lost = Vec::new();
@@ -301,8 +301,8 @@ async fn renew_due(held: &mut HeldLeases) -> Vec<Value> {
     lost
 }
 
-/// An `error` message for a lease request, with the problem's type slug
-/// as its code and the problem's members (such as `holder`) in its payload.
+/// Builds the `error` message for a lease request, with the problem's type
+/// slug as its code and the problem's members (such as `holder`) in its payload.
 fn lease_error(target: &Value, error: ApiError) -> Value {
     let (_, problem) = error.to_problem();
     let code = problem["type"].as_str().and_then(|kind| kind.rsplit('/').next()).unwrap_or("error").to_owned();
@@ -385,8 +385,8 @@ fn handle_message(
     }
 }
 
-/// The server message for a push message, tagged with its subscription;
-/// heartbeats are sent as WebSocket pings instead.
+/// Builds the server message for a push message, tagged with its
+/// subscription. Heartbeats are sent as WebSocket pings instead.
 fn push_json(subscription: &str, message: &PushMessage) -> Option<Value> {
     match message {
         PushMessage::Ready => Some(json!({"type": "subscribed", "subscription": subscription})),

@@ -4,7 +4,6 @@
 use serde_json::{Value, json};
 
 use crate::domain::record::to_wire;
-use crate::domain::{Operation, RecordId, RecordMeta};
 use crate::service::changes::encode_position;
 use crate::storage::feed::{self, FeedFilter, FeedPosition};
 use crate::storage::models::ChangeRow;
@@ -56,24 +55,14 @@ fn build(conn: &mut DbConnection, row: &ChangeRow) -> Result<PushEvent, StorageE
     })
 }
 
-/// The record as of the change's version. A revision pruned by
+/// Returns the record as of the change's version. A revision pruned by
 /// `keep_revisions` before it was sent leaves only the change's own facts.
 fn payload(conn: &mut DbConnection, row: &ChangeRow) -> Result<Value, StorageError> {
     let record = records::find(conn, &row.collection, &row.record_id)?;
     let revision = records::find_revision(conn, &row.collection, &row.record_id, row.version)?;
-    let id = RecordId::parse(&row.record_id).map_err(|_| StorageError::Corrupt(format!("record id {:?}", row.record_id)))?;
-
     let (Some(record), Some(revision)) = (record, revision) else {
         return Ok(json!({"id": row.record_id, "version": row.version, "updated_by": row.principal}));
     };
-    let meta = RecordMeta {
-        id,
-        version: revision.version,
-        created_at: record.created_at.and_utc(),
-        updated_at: revision.created_at.and_utc(),
-        created_by: record.created_by.clone(),
-        updated_by: revision.principal.clone(),
-        deleted: revision.operation == Operation::Deleted.as_str(),
-    };
+    let meta = revision.meta(&record)?;
     Ok(to_wire(&meta, &revision.fields()?))
 }

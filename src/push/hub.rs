@@ -64,7 +64,7 @@ impl Hub {
         &self.db
     }
 
-    /// The feed lag gauge, for the metrics registry.
+    /// Returns the feed lag gauge, for the metrics registry.
     pub fn lag_gauge(&self) -> prometheus::Gauge {
         self.lag.clone()
     }
@@ -79,7 +79,7 @@ impl Hub {
         self.events.subscribe()
     }
 
-    /// The position of the last change read.
+    /// Returns the position of the last change read.
     pub fn head(&self) -> FeedPosition {
         *self.head.borrow()
     }

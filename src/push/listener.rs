@@ -17,7 +17,7 @@ use crate::storage::records::CHANGES_CHANNEL;
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Keeps a `LISTEN` connection open until shutdown, reconnecting after
-/// failures. `connected` tells the feed reader whether wake-ups arrive.
+/// failures. `connected` shows the feed reader whether wake-ups arrive.
 // TODO: the listener connects without TLS; a database that requires TLS
 // leaves it down, and the reader then relies on its fast poll alone.
 pub async fn listen(url: String, wake: Arc<Notify>, connected: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {

@@ -16,7 +16,7 @@ use crate::storage::feed::{self, FeedFilter, FeedPosition};
 const QUEUE: usize = 64;
 const CATCH_UP_BATCH: i64 = 500;
 
-/// What a subscriber receives.
+/// A message to a subscriber.
 #[derive(Debug, Clone)]
 pub enum PushMessage {
     /// Catch-up is done; later commits arrive live.

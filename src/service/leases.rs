@@ -51,7 +51,7 @@ fn new_token() -> String {
 ///
 /// # Errors
 ///
-/// [`ServiceError::InvalidQuery`] for a request outside those bounds.
+/// [`ServiceError::InvalidLease`] for a request outside those bounds.
 pub fn lifetime(policy: &CollectionPolicy, requested: Option<u64>) -> Result<Duration, ServiceError> {
     let max = policy.lease_ttl_seconds.saturating_mul(10);
     let seconds = match requested {
@@ -143,8 +143,8 @@ pub async fn release(db: &Database, collection: &CollectionName, id: RecordId, t
     .await
 }
 
-/// Breaks the active lease; the holder is told who broke it through the
-/// `lease.broken` event.
+/// Breaks the active lease. The `lease.broken` event names who broke it,
+/// which is how the holder learns of it.
 ///
 /// # Errors
 ///

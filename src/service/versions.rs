@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::conflict::summarize;
 use super::{RecordSnapshot, ServiceError, cursor};
 use crate::domain::diff::RevisionSummary;
-use crate::domain::{CollectionName, Operation, RecordId, RecordMeta};
+use crate::domain::{CollectionName, RecordId};
 use crate::storage::{Database, records};
 
 /// One page of history, newest first.
@@ -53,15 +53,7 @@ pub async fn revision(db: &Database, collection: &CollectionName, id: RecordId, 
         let record = records::find(conn, &collection, &key)?.ok_or(ServiceError::NotFound)?;
         let revision = records::find_revision(conn, &collection, &key, version)?.ok_or(ServiceError::RevisionNotFound { version })?;
 
-        let meta = RecordMeta {
-            id,
-            version: revision.version,
-            created_at: record.created_at.and_utc(),
-            updated_at: revision.created_at.and_utc(),
-            created_by: record.created_by.clone(),
-            updated_by: revision.principal.clone(),
-            deleted: Operation::parse(&revision.operation) == Some(Operation::Deleted),
-        };
+        let meta = revision.meta(&record)?;
         Ok(RecordSnapshot { meta, fields: revision.fields()? })
     })
     .await

@@ -64,6 +64,18 @@ impl RevisionRow {
         decode_fields(&self.data)
     }
 
+    /// Decodes the server-managed members of the record as of this
+    /// revision; creation facts come from the live `record`.
+    pub fn meta(&self, record: &RecordRow) -> Result<RecordMeta, StorageError> {
+        Ok(RecordMeta {
+            version: self.version,
+            updated_at: self.created_at.and_utc(),
+            updated_by: self.principal.clone(),
+            deleted: self.operation == crate::domain::Operation::Deleted.as_str(),
+            ..record.meta()?
+        })
+    }
+
     pub fn changed_fields(&self) -> Result<Vec<String>, StorageError> {
         serde_json::from_str(&self.changed_fields)
             .map_err(|_| StorageError::Corrupt(format!("changed fields of revision {}", self.version)))

@@ -6,30 +6,37 @@ use std::time::Duration;
 
 const VERSA: &str = env!("CARGO_BIN_EXE_versa");
 
-#[test]
-fn serve_logs_address_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `versa serve` on a free loopback port in `dir` and returns the
+/// process, its log and the address from its `listening` line.
+fn start_server(dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, BufReader<std::process::ChildStderr>, String) {
     let mut child = Command::new(VERSA)
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("VERSA_DATABASE_URL", "sqlite://test.db")
+        .arg("serve")
+        .args(args)
+        .envs(envs.iter().copied())
         .env_remove("VERSA_CONFIG")
         .env("RUST_LOG", "info")
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
 
-    let mut address = None;
     let mut line = String::new();
     while stderr.read_line(&mut line).unwrap() > 0 {
         if line.contains("listening") {
-            address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_owned);
-            break;
+            let address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_owned);
+            return (child, stderr, address.expect("an address on the listening line"));
         }
         line.clear();
     }
-    let address = address.unwrap_or_else(|| panic!("no listening line; last line: {line}"));
+    panic!("the server exited before listening");
+}
+
+#[test]
+fn serve_logs_address_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // The bind address comes from the environment, the database from a flag.
+    let (child, mut stderr, address) = start_server(dir.path(), &["--database-url", "sqlite://test.db"], &[("VERSA_BIND", "127.0.0.1:0")]);
     assert!(address.starts_with("127.0.0.1:"), "{address}");
     let status = get_status(&format!("http://{address}/healthz"));
     assert_eq!(status, 200);
@@ -38,6 +45,7 @@ fn serve_logs_address_and_stops_on_sigterm() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let mut child = child;
     let exit = child.wait().unwrap();
 
     assert!(exit.success(), "{exit:?}");
@@ -143,25 +151,7 @@ fn example_config_is_valid() {
 #[test]
 fn sigterm_closes_event_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(VERSA)
-        .args(["serve", "--bind", "127.0.0.1:0", "--database-url", "sqlite://test.db"])
-        .env_remove("VERSA_CONFIG")
-        .env("RUST_LOG", "info")
-        .current_dir(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut address = None;
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        if line.contains("listening") {
-            address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_owned);
-            break;
-        }
-        line.clear();
-    }
-    let address = address.expect("listening line");
+    let (mut child, _stderr, address) = start_server(dir.path(), &["--bind", "127.0.0.1:0", "--database-url", "sqlite://test.db"], &[]);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (text, elapsed) = runtime.block_on(async {
