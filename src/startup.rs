@@ -196,7 +196,7 @@ fn cors(origins: &[String]) -> Cors {
             "lease-token",
             "last-event-id",
         ])
-        .expose_headers(["etag", "location", "versa-merged", "x-request-id", "retry-after", "idempotent-replayed"])
+        .expose_headers(["etag", "location", "versa-merged", "versa-lease", "x-request-id", "retry-after", "idempotent-replayed"])
         .max_age(3600);
     for origin in origins {
         cors = cors.allowed_origin(origin);

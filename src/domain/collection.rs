@@ -141,10 +141,12 @@ impl CollectionPolicy {
         if !principal.authenticated {
             return true;
         }
+        // Without its own list, breaking leases is open to writers.
         let roles = match access {
             Access::Read => &self.read,
             Access::Write => &self.write,
-            Access::BreakLeases => &self.break_leases,
+            Access::BreakLeases if self.break_leases.is_some() => &self.break_leases,
+            Access::BreakLeases => &self.write,
         };
         principal.has_any_role(roles.as_deref())
     }

@@ -149,7 +149,10 @@ pub async fn list(
     preconditions: Preconditions,
     query: QueryPairs,
 ) -> Result<HttpResponse, ApiError> {
-    let params = ListParams::parse(query.0)?;
+    let mut params = ListParams::parse(query.0)?;
+    if collection.policy.leases == LeaseMode::Off {
+        params.include_leases = false;
+    }
 
     let page = list::list(&state.db, &collection.name, params).await?;
 

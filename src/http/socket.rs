@@ -289,6 +289,10 @@ async fn renew_due(held: &mut HeldLeases) -> Vec<Value> {
         let Some(lease) = held.held.get_mut(&key) else { continue };
         match leases::renew(&held.db, &lease.collection, lease.id, &lease.token, lease.ttl).await {
             Ok(_) => lease.renew_at = now + (lease.ttl / 3).to_std().unwrap_or_default(),
+            // A database error may pass; the next tick tries again.
+            Err(error) if !matches!(error, ServiceError::LeaseGone) => {
+                tracing::warn!(error = %error, collection = %lease.collection, record.id = %lease.id, "failed to renew a WebSocket lease; retrying");
+            }
             Err(error) => {
                 held.held.remove(&key);
                 let target = json!({"collection": key.0, "id": key.1});

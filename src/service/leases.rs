@@ -86,10 +86,16 @@ pub async fn acquire(db: &Database, collection: &CollectionName, id: RecordId, h
     let lease = db
         .write(move |conn| {
             let record = live_record_version(conn, &row.collection, &row.record_id)?;
+            // An expired lease that this acquire takes over is announced
+            // here, since the announcing task will no longer find it.
+            let previous = leases::find(conn, &row.collection, &row.record_id)?.filter(|previous| previous.expires_at <= at);
             // Another lease can end between a refused acquire and the look-up
             // of its holder; then the acquire is tried again.
             for _ in 0..3 {
                 if leases::acquire(conn, &row)? {
+                    if let Some(previous) = &previous {
+                        announce(conn, previous, record, "lease.expired", None)?;
+                    }
                     announce(conn, &row, record, "lease.acquired", None)?;
                     return Ok(Lease::from_row(&row));
                 }

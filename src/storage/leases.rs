@@ -46,6 +46,11 @@ pub fn acquire(conn: &mut DbConnection, lease: &LeaseRow) -> Result<bool, Storag
     Ok(inserted == 1)
 }
 
+/// Returns the lease row of a record, active or expired.
+pub fn find(conn: &mut DbConnection, collection: &str, id: &str) -> Result<Option<LeaseRow>, StorageError> {
+    Ok(leases::table.find((collection, id)).select(LeaseRow::as_select()).first(conn).optional()?)
+}
+
 /// Returns the lease on a record that is active at `now`.
 pub fn find_active(conn: &mut DbConnection, collection: &str, id: &str, now: NaiveDateTime) -> Result<Option<LeaseRow>, StorageError> {
     Ok(leases::table

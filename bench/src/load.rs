@@ -1,0 +1,352 @@
+//! Scenarios: each runs `clients` tasks, every task with its own keep-alive
+//! connection, for a fixed time, and records each request's latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Update,
+    UpdateHot,
+    Create,
+    Read,
+    Read304,
+    List,
+    DbLimit,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 7] = [Self::DbLimit, Self::Update, Self::UpdateHot, Self::Create, Self::Read, Self::Read304, Self::List];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Update => "update",
+            Self::UpdateHot => "update-hot",
+            Self::Create => "create",
+            Self::Read => "read",
+            Self::Read304 => "read-304",
+            Self::List => "list",
+            Self::DbLimit => "db-limit",
+        }
+    }
+
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        if text == "all" {
+            return Ok(Self::ALL.to_vec());
+        }
+        text.split(',')
+            .map(|name| Self::ALL.into_iter().find(|scenario| scenario.name() == name).ok_or_else(|| format!("unknown scenario {name:?}")))
+            .collect()
+    }
+}
+
+/// What one scenario achieved.
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub ok: u64,
+    pub conflicts: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    latencies_micros: Vec<u64>,
+    /// For update-hot: whether the final records equal the acknowledged writes.
+    pub no_lost_update: Option<bool>,
+}
+
+impl Outcome {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, fraction: f64) -> f64 {
+        if self.latencies_micros.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies_micros.len() as f64 - 1.0) * fraction).round() as usize;
+        self.latencies_micros[index] as f64 / 1000.0
+    }
+
+    pub fn row(&self) -> String {
+        let conflict_rate = if self.ok + self.conflicts > 0 { self.conflicts as f64 * 100.0 / (self.ok + self.conflicts) as f64 } else { 0.0 };
+        let mut row = format!(
+            "{:<10} {:>9.0} ok/s  {:>5.1}% 409  errors {:<4} p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms",
+            self.scenario.name(),
+            self.per_second(),
+            conflict_rate,
+            self.errors,
+            self.percentile(0.5),
+            self.percentile(0.9),
+            self.percentile(0.99),
+            self.percentile(1.0)
+        );
+        if let Some(intact) = self.no_lost_update {
+            row.push_str(if intact { "  no lost update" } else { "  LOST UPDATES" });
+        }
+        row
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "scenario": self.scenario.name(),
+            "ok": self.ok,
+            "ok_per_second": self.per_second(),
+            "conflicts": self.conflicts,
+            "conflicts_per_second": self.conflicts as f64 / self.elapsed.as_secs_f64(),
+            "errors": self.errors,
+            "latency_ms": {"p50": self.percentile(0.5), "p90": self.percentile(0.9), "p99": self.percentile(0.99), "max": self.percentile(1.0)},
+            "no_lost_update": self.no_lost_update,
+        })
+    }
+}
+
+/// Counts of one task.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    conflicts: u64,
+    errors: u64,
+    latencies: Vec<u64>,
+}
+
+/// Creates `count` records and returns their ids.
+pub async fn seed(base: &str, count: usize, clients: usize) -> Result<Vec<String>, BoxError> {
+    let mut tasks = Vec::new();
+    for client_index in 0..clients {
+        let base = base.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut ids = Vec::new();
+            for n in (client_index..count).step_by(clients) {
+                let body: Value = client.post(format!("{base}/v1/bench")).json(&json!({"n": n, "count": 0})).send().await?.json().await?;
+                ids.push(body["id"].as_str().ok_or("no id in the create response")?.to_owned());
+            }
+            Ok::<_, BoxError>(ids)
+        }));
+    }
+    let mut ids = Vec::with_capacity(count);
+    for task in tasks {
+        ids.extend(task.await??);
+    }
+    Ok(ids)
+}
+
+/// Runs an HTTP scenario on `ids`.
+pub async fn run(base: &str, scenario: Scenario, ids: &[String], clients: usize, duration: Duration) -> Result<Outcome, BoxError> {
+    // Known version and count of each record, shared by all clients and
+    // refreshed from every response, so a 409 needs no extra read.
+    let state = Arc::new(Shared::new(base, ids).await?);
+    let started = Instant::now();
+    let deadline = started + duration;
+
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let state = state.clone();
+        let base = base.to_owned();
+        tasks.push(tokio::spawn(async move { client_loop(&base, scenario, &state, deadline).await }));
+    }
+    let mut tally = Tally::default();
+    for task in tasks {
+        let part = task.await??;
+        tally.ok += part.ok;
+        tally.conflicts += part.conflicts;
+        tally.errors += part.errors;
+        tally.latencies.extend(part.latencies);
+    }
+    let elapsed = started.elapsed();
+
+    let no_lost_update = if scenario == Scenario::UpdateHot { Some(state.verify(base).await?) } else { None };
+    tally.latencies.sort_unstable();
+    Ok(Outcome { scenario, ok: tally.ok, conflicts: tally.conflicts, errors: tally.errors, elapsed, latencies_micros: tally.latencies, no_lost_update })
+}
+
+struct Shared {
+    ids: Vec<String>,
+    versions: Vec<AtomicI64>,
+    counts: Vec<AtomicI64>,
+    acknowledged: Vec<AtomicI64>,
+    start_versions: Vec<i64>,
+    start_counts: Vec<i64>,
+}
+
+impl Shared {
+    async fn new(base: &str, ids: &[String]) -> Result<Self, BoxError> {
+        let client = reqwest::Client::new();
+        let mut versions = Vec::new();
+        let mut counts = Vec::new();
+        // Only small sets are read up front; large ones learn versions
+        // from their first 409.
+        for id in ids {
+            let (version, count) = if ids.len() <= 100 {
+                let record: Value = client.get(format!("{base}/v1/bench/{id}")).send().await?.json().await?;
+                (record["version"].as_i64().unwrap_or(1), record["count"].as_i64().unwrap_or(0))
+            } else {
+                (1, 0)
+            };
+            versions.push(version);
+            counts.push(count);
+        }
+        Ok(Self {
+            ids: ids.to_vec(),
+            versions: versions.iter().map(|v| AtomicI64::new(*v)).collect(),
+            counts: counts.iter().map(|c| AtomicI64::new(*c)).collect(),
+            acknowledged: ids.iter().map(|_| AtomicI64::new(0)).collect(),
+            start_versions: versions,
+            start_counts: counts,
+        })
+    }
+
+    /// `true` when every record's count and version equal its start plus
+    /// the writes acknowledged to clients.
+    async fn verify(&self, base: &str) -> Result<bool, BoxError> {
+        let client = reqwest::Client::new();
+        for (index, id) in self.ids.iter().enumerate() {
+            let record: Value = client.get(format!("{base}/v1/bench/{id}")).send().await?.json().await?;
+            let acknowledged = self.acknowledged[index].load(Ordering::SeqCst);
+            if record["count"].as_i64() != Some(self.start_counts[index] + acknowledged)
+                || record["version"].as_i64() != Some(self.start_versions[index] + acknowledged)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+async fn client_loop(base: &str, scenario: Scenario, state: &Shared, deadline: Instant) -> Result<Tally, BoxError> {
+    let client = reqwest::Client::new();
+    let mut tally = Tally::default();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let index = rand::rng().random_range(0..state.ids.len());
+        let id = &state.ids[index];
+        let started = Instant::now();
+        let response = match scenario {
+            Scenario::Update | Scenario::UpdateHot => {
+                let version = state.versions[index].load(Ordering::SeqCst);
+                let count = state.counts[index].load(Ordering::SeqCst);
+                client
+                    .patch(format!("{base}/v1/bench/{id}"))
+                    .header("content-type", "application/merge-patch+json")
+                    .header("if-match", format!("\"{version}\""))
+                    .body(json!({"count": count + 1}).to_string())
+                    .send()
+                    .await
+            }
+            Scenario::Create => {
+                n += 1;
+                client.post(format!("{base}/v1/bench-created")).json(&json!({"n": n})).send().await
+            }
+            Scenario::Read => client.get(format!("{base}/v1/bench/{id}")).send().await,
+            Scenario::Read304 => {
+                let version = state.versions[index].load(Ordering::SeqCst);
+                client.get(format!("{base}/v1/bench/{id}")).header("if-none-match", format!("\"{version}\"")).send().await
+            }
+            Scenario::List => client.get(format!("{base}/v1/bench?limit=50")).send().await,
+            Scenario::DbLimit => unreachable!("db-limit runs without HTTP"),
+        };
+        let Ok(response) = response else {
+            tally.errors += 1;
+            continue;
+        };
+        let status = response.status().as_u16();
+        let body = match scenario {
+            Scenario::Update | Scenario::UpdateHot | Scenario::Read => response.json::<Value>().await.ok(),
+            _ => {
+                let _ = response.bytes().await;
+                None
+            }
+        };
+        tally.latencies.push(started.elapsed().as_micros() as u64);
+
+        match (scenario, status) {
+            (Scenario::Update | Scenario::UpdateHot, 200) => {
+                let record = body.unwrap_or_default();
+                state.versions[index].store(record["version"].as_i64().unwrap_or(0), Ordering::SeqCst);
+                state.counts[index].store(record["count"].as_i64().unwrap_or(0), Ordering::SeqCst);
+                state.acknowledged[index].fetch_add(1, Ordering::SeqCst);
+                tally.ok += 1;
+            }
+            (Scenario::Update | Scenario::UpdateHot, 409) => {
+                let problem = body.unwrap_or_default();
+                state.versions[index].store(problem["current_version"].as_i64().unwrap_or(0), Ordering::SeqCst);
+                state.counts[index].store(problem["current"]["count"].as_i64().unwrap_or(0), Ordering::SeqCst);
+                tally.conflicts += 1;
+            }
+            (Scenario::Read, 200) => {
+                if let Some(version) = body.and_then(|record| record["version"].as_i64()) {
+                    state.versions[index].store(version, Ordering::SeqCst);
+                }
+                tally.ok += 1;
+            }
+            (Scenario::Read304, 304) | (Scenario::Read304, 200) | (Scenario::List, 200) | (Scenario::Create, 201) => tally.ok += 1,
+            _ => tally.errors += 1,
+        }
+    }
+    Ok(tally)
+}
+
+/// The database's own limit: the same conditional write (update, revision,
+/// change, one transaction) through the library, without HTTP, with the
+/// same concurrency and durability.
+pub async fn db_limit(database_url: &str, ids: &[String], clients: usize, duration: Duration) -> Result<Outcome, BoxError> {
+    use versa::domain::{CollectionName, ExpectedVersion, RecordId};
+    use versa::service::records::{self, Change, WriteContext};
+
+    let url = versa::storage::DatabaseUrl::parse(database_url)?;
+    let db = tokio::task::spawn_blocking(move || versa::storage::Database::connect(&url, clients as u32, Duration::from_secs(5))).await??;
+    let collection = CollectionName::parse("bench")?;
+    let versions: Arc<Vec<AtomicI64>> = Arc::new(ids.iter().map(|_| AtomicI64::new(0)).collect());
+    let ids: Arc<Vec<RecordId>> = Arc::new(ids.iter().filter_map(|id| RecordId::parse(id).ok()).collect());
+
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (db, collection, versions, ids) = (db.clone(), collection.clone(), versions.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            // Versions are learned from the first write to each record,
+            // which is unconditional for that reason.
+            let policy = versa::domain::collection::CollectionPolicy { allow_unconditional_writes: true, ..Default::default() };
+            let context = WriteContext { principal: "bench".into(), policy: Arc::new(policy), lease_token: None };
+            let mut tally = Tally::default();
+            while Instant::now() < deadline {
+                let index = rand::rng().random_range(0..ids.len());
+                let known = versions[index].load(Ordering::SeqCst);
+                let expected = if known == 0 { ExpectedVersion::Any } else { ExpectedVersion::Exactly(known) };
+                let mut patch = serde_json::Map::new();
+                patch.insert("count".into(), json!(known));
+                let begun = Instant::now();
+                let result = records::write(&db, &collection, ids[index], Some(expected), Change::MergePatch(patch), &context).await;
+                tally.latencies.push(begun.elapsed().as_micros() as u64);
+                match result {
+                    Ok(written) => {
+                        versions[index].store(written.record.meta.version, Ordering::SeqCst);
+                        tally.ok += 1;
+                    }
+                    Err(versa::service::ServiceError::Conflict(report)) => {
+                        versions[index].store(report.current_version, Ordering::SeqCst);
+                        tally.conflicts += 1;
+                    }
+                    Err(_) => tally.errors += 1,
+                }
+            }
+            tally
+        }));
+    }
+    let mut tally = Tally::default();
+    for task in tasks {
+        let part = task.await?;
+        tally.ok += part.ok;
+        tally.conflicts += part.conflicts;
+        tally.errors += part.errors;
+        tally.latencies.extend(part.latencies);
+    }
+    let elapsed = started.elapsed();
+    tally.latencies.sort_unstable();
+    Ok(Outcome { scenario: Scenario::DbLimit, ok: tally.ok, conflicts: tally.conflicts, errors: tally.errors, elapsed, latencies_micros: tally.latencies, no_lost_update: None })
+}
