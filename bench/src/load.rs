@@ -19,10 +19,13 @@ pub enum Scenario {
     Read304,
     List,
     DbLimit,
+    Push,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [Self::DbLimit, Self::Update, Self::UpdateHot, Self::Create, Self::Read, Self::Read304, Self::List];
+    // The HTTP update scenarios run first, while every seeded record is at
+    // version 1 and their version cache is right from the start.
+    const ALL: [Scenario; 8] = [Self::Update, Self::UpdateHot, Self::Create, Self::Read, Self::Read304, Self::List, Self::DbLimit, Self::Push];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,6 +36,7 @@ impl Scenario {
             Self::Read304 => "read-304",
             Self::List => "list",
             Self::DbLimit => "db-limit",
+            Self::Push => "push",
         }
     }
 
@@ -166,14 +170,30 @@ pub async fn run(base: &str, scenario: Scenario, ids: &[String], clients: usize,
 
 struct Shared {
     ids: Vec<String>,
-    versions: Vec<AtomicI64>,
-    counts: Vec<AtomicI64>,
+    /// The newest known (version, count) of each record. Kept as one pair,
+    /// as a real client keeps a record, so that a write is never built from
+    /// the count of one version and the version of another.
+    known: Vec<std::sync::Mutex<(i64, i64)>>,
     acknowledged: Vec<AtomicI64>,
     start_versions: Vec<i64>,
     start_counts: Vec<i64>,
 }
 
 impl Shared {
+    fn known(&self, index: usize) -> (i64, i64) {
+        self.known[index].lock().map(|pair| *pair).unwrap_or((0, 0))
+    }
+
+    /// Records a newer state of a record; older ones, which concurrent
+    /// responses can deliver late, are ignored.
+    fn learn(&self, index: usize, version: i64, count: i64) {
+        if let Ok(mut pair) = self.known[index].lock()
+            && version > pair.0
+        {
+            *pair = (version, count);
+        }
+    }
+
     async fn new(base: &str, ids: &[String]) -> Result<Self, BoxError> {
         let client = reqwest::Client::new();
         let mut versions = Vec::new();
@@ -192,8 +212,7 @@ impl Shared {
         }
         Ok(Self {
             ids: ids.to_vec(),
-            versions: versions.iter().map(|v| AtomicI64::new(*v)).collect(),
-            counts: counts.iter().map(|c| AtomicI64::new(*c)).collect(),
+            known: versions.iter().zip(&counts).map(|(version, count)| std::sync::Mutex::new((*version, *count))).collect(),
             acknowledged: ids.iter().map(|_| AtomicI64::new(0)).collect(),
             start_versions: versions,
             start_counts: counts,
@@ -227,8 +246,7 @@ async fn client_loop(base: &str, scenario: Scenario, state: &Shared, deadline: I
         let started = Instant::now();
         let response = match scenario {
             Scenario::Update | Scenario::UpdateHot => {
-                let version = state.versions[index].load(Ordering::SeqCst);
-                let count = state.counts[index].load(Ordering::SeqCst);
+                let (version, count) = state.known(index);
                 client
                     .patch(format!("{base}/v1/bench/{id}"))
                     .header("content-type", "application/merge-patch+json")
@@ -243,11 +261,11 @@ async fn client_loop(base: &str, scenario: Scenario, state: &Shared, deadline: I
             }
             Scenario::Read => client.get(format!("{base}/v1/bench/{id}")).send().await,
             Scenario::Read304 => {
-                let version = state.versions[index].load(Ordering::SeqCst);
+                let (version, _) = state.known(index);
                 client.get(format!("{base}/v1/bench/{id}")).header("if-none-match", format!("\"{version}\"")).send().await
             }
             Scenario::List => client.get(format!("{base}/v1/bench?limit=50")).send().await,
-            Scenario::DbLimit => unreachable!("db-limit runs without HTTP"),
+            Scenario::DbLimit | Scenario::Push => unreachable!("db-limit and push have runners of their own"),
         };
         let Ok(response) = response else {
             tally.errors += 1;
@@ -266,20 +284,18 @@ async fn client_loop(base: &str, scenario: Scenario, state: &Shared, deadline: I
         match (scenario, status) {
             (Scenario::Update | Scenario::UpdateHot, 200) => {
                 let record = body.unwrap_or_default();
-                state.versions[index].store(record["version"].as_i64().unwrap_or(0), Ordering::SeqCst);
-                state.counts[index].store(record["count"].as_i64().unwrap_or(0), Ordering::SeqCst);
+                state.learn(index, record["version"].as_i64().unwrap_or(0), record["count"].as_i64().unwrap_or(0));
                 state.acknowledged[index].fetch_add(1, Ordering::SeqCst);
                 tally.ok += 1;
             }
             (Scenario::Update | Scenario::UpdateHot, 409) => {
                 let problem = body.unwrap_or_default();
-                state.versions[index].store(problem["current_version"].as_i64().unwrap_or(0), Ordering::SeqCst);
-                state.counts[index].store(problem["current"]["count"].as_i64().unwrap_or(0), Ordering::SeqCst);
+                state.learn(index, problem["current_version"].as_i64().unwrap_or(0), problem["current"]["count"].as_i64().unwrap_or(0));
                 tally.conflicts += 1;
             }
             (Scenario::Read, 200) => {
-                if let Some(version) = body.and_then(|record| record["version"].as_i64()) {
-                    state.versions[index].store(version, Ordering::SeqCst);
+                if let Some(record) = body {
+                    state.learn(index, record["version"].as_i64().unwrap_or(0), record["count"].as_i64().unwrap_or(0));
                 }
                 tally.ok += 1;
             }

@@ -4,6 +4,7 @@
 //! table and a JSON file. All traffic goes to 127.0.0.1.
 
 mod load;
+mod push;
 mod server;
 
 use std::path::PathBuf;
@@ -35,6 +36,12 @@ struct Args {
     /// Records seeded for the update and read scenarios.
     #[arg(long, default_value_t = 10_000)]
     records: usize,
+    /// SSE subscribers in the push scenario.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Writes per second in the push scenario.
+    #[arg(long, default_value_t = 500)]
+    push_rate: u32,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     json: PathBuf,
@@ -58,8 +65,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let hot: Vec<String> = ids.iter().take(10).cloned().collect();
 
     let mut results = Vec::new();
+    let mut push_report = None;
     let mut update_cpu = None;
     for scenario in scenarios {
+        if scenario == Scenario::Push {
+            let before = server.rss_mib()?;
+            let subscription = push::subscribe(&base, args.subscribers).await?;
+            let per_subscriber_kib = (server.rss_mib()? - before) * 1024.0 / args.subscribers.max(1) as f64;
+            let outcome = push::run(&base, args.subscribers, args.push_rate, duration, subscription).await?;
+            println!("{}  {per_subscriber_kib:.1} KiB server memory per idle subscriber", outcome.row());
+            let mut report = outcome.to_json();
+            report["server_kib_per_idle_subscriber"] = json!(per_subscriber_kib);
+            push_report = Some(report);
+            continue;
+        }
         let cpu_before = server.cpu_seconds()?;
         let outcome = match scenario {
             Scenario::DbLimit => load::db_limit(&database_url, &ids, args.clients, duration).await?,
@@ -94,6 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "cpu_seconds_per_1000_updates": update_cpu,
         "update_to_db_limit_ratio": ratio,
         "scenarios": results.iter().map(Outcome::to_json).collect::<Vec<Value>>(),
+        "push": push_report,
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("report written to {}", args.json.display());
