@@ -50,7 +50,7 @@ impl Scenario {
     }
 }
 
-/// What one scenario achieved.
+/// The result of one scenario.
 pub struct Outcome {
     pub scenario: Scenario,
     pub ok: u64,
@@ -306,7 +306,7 @@ async fn client_loop(base: &str, scenario: Scenario, state: &Shared, deadline: I
     Ok(tally)
 }
 
-/// The database's own limit: the same conditional write (update, revision,
+/// Measures the database's own limit: the same conditional write (update, revision,
 /// change, one transaction) through the library, without HTTP, with the
 /// same concurrency and durability.
 pub async fn db_limit(database_url: &str, ids: &[String], clients: usize, duration: Duration) -> Result<Outcome, BoxError> {

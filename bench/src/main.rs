@@ -42,7 +42,7 @@ struct Args {
     /// Writes per second in the push scenario.
     #[arg(long, default_value_t = 500)]
     push_rate: u32,
-    /// Where to write the JSON report.
+    /// Path of the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     json: PathBuf,
 }

@@ -10,7 +10,7 @@ use tokio::sync::Mutex;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Subscribers that parse every event and record its delivery time; the
+/// Subscribers that parse every event and record its delivery time. The
 /// others only read the bytes, so that the load generator does not become
 /// the bottleneck.
 const MEASURED_SUBSCRIBERS: usize = 20;

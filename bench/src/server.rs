@@ -39,7 +39,8 @@ impl Server {
                 break rest.split_whitespace().next().unwrap_or_default().to_owned();
             }
         };
-        // Keep reading the log so that the server never blocks on a full pipe.
+        // The log is read to the end, so the server never blocks on a full
+        // stderr pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
         let client = reqwest::Client::new();
