@@ -68,11 +68,7 @@ impl Outcome {
     }
 
     fn percentile(&self, fraction: f64) -> f64 {
-        if self.latencies_micros.is_empty() {
-            return 0.0;
-        }
-        let index = ((self.latencies_micros.len() as f64 - 1.0) * fraction).round() as usize;
-        self.latencies_micros[index] as f64 / 1000.0
+        percentile_ms(&self.latencies_micros, fraction)
     }
 
     pub fn row(&self) -> String {
@@ -106,6 +102,16 @@ impl Outcome {
             "no_lost_update": self.no_lost_update,
         })
     }
+}
+
+/// Returns the latency at `fraction` (0 to 1) of sorted microsecond
+/// latencies, in milliseconds; 0 when there are none.
+pub fn percentile_ms(sorted_micros: &[u64], fraction: f64) -> f64 {
+    if sorted_micros.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted_micros.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted_micros[index] as f64 / 1000.0
 }
 
 /// Counts of one task.

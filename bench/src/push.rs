@@ -25,11 +25,7 @@ pub struct PushOutcome {
 
 impl PushOutcome {
     fn percentile(&self, fraction: f64) -> f64 {
-        if self.latencies_micros.is_empty() {
-            return 0.0;
-        }
-        let index = ((self.latencies_micros.len() as f64 - 1.0) * fraction).round() as usize;
-        self.latencies_micros[index] as f64 / 1000.0
+        crate::load::percentile_ms(&self.latencies_micros, fraction)
     }
 
     pub fn row(&self) -> String {
