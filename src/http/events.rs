@@ -12,7 +12,7 @@ use super::extract::{QueryPairs, unknown_parameter};
 use crate::auth::Principal;
 use crate::push::{self, PushMessage};
 use crate::storage::feed::FeedFilter;
-use crate::service::changes::decode_position;
+use crate::service::changes::{self, decode_position};
 
 /// Streams changes that match `collections` and `ids`, from `Last-Event-ID`
 /// or `since` when given, else from the current end of the feed.
@@ -35,6 +35,9 @@ pub async fn stream(state: web::Data<AppState>, principal: Principal, req: HttpR
     }
 
     state.restrict_to_readable(&principal, &mut filter)?;
+    if let Some(since) = since {
+        changes::check_resumable(&state.db, since).await?;
+    }
 
     let messages = push::subscribe(state.hub.clone(), filter, since, state.settings.heartbeat);
 

@@ -60,10 +60,25 @@ pub fn decode_position(text: &str) -> Result<FeedPosition, ServiceError> {
     if txid < 0 || seq < 0 {
         return Err(invalid());
     }
-    // TODO: a well-formed cursor past the end of the feed is accepted, so its
-    // holder never receives another change. Checking it against the feed's
-    // current end would catch forged cursors.
     Ok(FeedPosition { txid, seq })
+}
+
+/// Every cursor the server hands out is at or before the end of the feed
+/// that readers can see, so one past it was not issued by the server; it
+/// would otherwise wait for changes that never sort after it.
+fn past_the_end() -> ServiceError {
+    ServiceError::InvalidCursor("the cursor is past the end of the change feed, so this server did not issue it".to_owned())
+}
+
+/// Checks that a cursor a subscription resumes from is not past the end of
+/// the feed.
+///
+/// # Errors
+///
+/// [`ServiceError::InvalidCursor`] for a cursor past the end.
+pub async fn check_resumable(db: &Database, since: FeedPosition) -> Result<(), ServiceError> {
+    let end = db.read(|conn| feed::end(conn).map_err(ServiceError::from)).await?;
+    if since > end { Err(past_the_end()) } else { Ok(()) }
 }
 
 /// Reads up to `limit` changes after `since`, or from the start of the
@@ -84,6 +99,7 @@ pub async fn read(db: &Database, since: Option<FeedPosition>, filter: FeedFilter
             let horizon = feed::horizon(conn)?;
             match since {
                 Some(since) if since < horizon => Err(ServiceError::CursorExpired),
+                Some(since) if rows.is_empty() && since > feed::end(conn)? => Err(past_the_end()),
                 _ => Ok((rows, start.max(horizon))),
             }
         })

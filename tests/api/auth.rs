@@ -322,7 +322,7 @@ async fn cors_preflight_allows_frontend(app: TestApp) {
     let created = app.request(Method::POST, "/v1/notes").header("origin", "http://localhost:4200").json(&json!({})).send().await.unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
     let exposed = header(&created, "access-control-expose-headers").to_lowercase();
-    for name in ["etag", "location", "versa-merged"] {
+    for name in ["etag", "location", "versa-merged", "versa-lease"] {
         assert!(exposed.contains(name), "{name} missing from {exposed}");
     }
 

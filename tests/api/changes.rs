@@ -90,8 +90,10 @@ async fn feed_cursor_is_present_when_empty(app: TestApp) {
 }
 
 async fn feed_rejects_malformed_cursor(app: TestApp) {
-    // "YTox" is "a:1" and "YzotMTox" is "c:-1:1", both base64 but not feed positions.
-    for path in ["/v1/_changes?since=nope", "/v1/_changes?since=YTox", "/v1/_changes?since=YzotMTox"] {
+    // "YTox" is "a:1" and "YzotMTox" is "c:-1:1", both base64 but not feed
+    // positions; "Yzo5OTk5OTk5OTk5OTk6MQ" is "c:999999999999:1", past the end.
+    let paths = ["/v1/_changes?since=nope", "/v1/_changes?since=YTox", "/v1/_changes?since=YzotMTox", "/v1/_changes?since=Yzo5OTk5OTk5OTk5OTk6MQ"];
+    for path in paths {
         expect_problem(app.get(path).await, StatusCode::BAD_REQUEST, "invalid-cursor").await;
     }
     for path in ["/v1/_changes?wait=61", "/v1/_changes?collections=Bad", "/v1/_changes?limit=0", "/v1/_changes?unknown=1"] {

@@ -137,6 +137,7 @@ async fn events_filter_by_ids(app: TestApp) {
 
 async fn events_reject_bad_parameters(app: TestApp) {
     expect_problem(app.get("/v1/_events?since=nope").await, StatusCode::BAD_REQUEST, "invalid-cursor").await;
+    expect_problem(app.get("/v1/_events?since=Yzo5OTk5OTk5OTk5OTk6MQ").await, StatusCode::BAD_REQUEST, "invalid-cursor").await;
     expect_problem(app.get("/v1/_events?ids=nope").await, StatusCode::BAD_REQUEST, "invalid-query").await;
     expect_problem(app.get("/v1/_events?other=1").await, StatusCode::BAD_REQUEST, "invalid-query").await;
     let response = app.request(Method::GET, "/v1/_events").header("last-event-id", "nope").send().await.unwrap();
