@@ -6,7 +6,7 @@ use json_patch::Patch;
 
 use super::error::ApiError;
 use super::extract::{BodyType, CollectionPath, IdempotencyKeyHeader, JsonBody, Preconditions, QueryPairs, RecordPath};
-use super::response::{json_response, list_etag, not_modified, record_response, to_json, written_response};
+use super::response::{json_response, list_etag, not_modified, to_json, written_response};
 use super::AppState;
 use crate::domain::record::split_body;
 use crate::domain::{EntityTag, ExpectedVersion, IfNoneMatch};
@@ -42,16 +42,16 @@ pub async fn create(
 
 /// `GET /v1/{collection}/{id}`
 pub async fn get(state: web::Data<AppState>, path: RecordPath, preconditions: Preconditions) -> Result<HttpResponse, ApiError> {
-    let record = records::get(&state.db, &path.collection, path.id).await?;
+    let with_lease = path.policy.leases != LeaseMode::Off;
+    let record = records::read_for_get(&state.db, &path.collection, path.id, with_lease).await?;
 
-    let etag = EntityTag::for_version(record.meta.version);
+    let etag = EntityTag::for_version(record.version);
     if preconditions.if_none_match.is_some_and(|header| header.matches(&etag)) {
         return Ok(not_modified(&etag));
     }
-    let mut response = record_response(StatusCode::OK, &record);
-    if path.policy.leases != LeaseMode::Off
-        && let Some(lease) = leases::active(&state.db, &path.collection, path.id).await?
-        && let Ok(value) = HeaderValue::from_str(&lease_header(&lease))
+    let mut response = json_response(StatusCode::OK, record.wire.into_bytes(), Some(&etag));
+    if let Some(lease) = &record.lease
+        && let Ok(value) = HeaderValue::from_str(&lease_header(lease))
     {
         response.headers_mut().insert(HeaderName::from_static("versa-lease"), value);
     }

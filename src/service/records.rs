@@ -46,24 +46,32 @@ pub struct WriteContext {
     pub lease_token: Option<String>,
 }
 
-/// Reads the current version of a record.
+/// A record read for `GET`: its version, its wire form as JSON text, and the
+/// active lease when asked for.
+pub struct RecordRead {
+    pub version: i64,
+    pub wire: String,
+    pub lease: Option<super::leases::Lease>,
+}
+
+/// Reads a record for `GET` in one trip to the database: the record as JSON
+/// text built without parsing the stored fields, and its active lease when
+/// `with_lease`.
 ///
 /// # Errors
 ///
 /// [`ServiceError::NotFound`] when it never existed, [`ServiceError::Deleted`]
 /// when its current version is a tombstone.
-pub async fn get(db: &Database, collection: &CollectionName, id: RecordId) -> Result<RecordSnapshot, ServiceError> {
+pub async fn read_for_get(db: &Database, collection: &CollectionName, id: RecordId, with_lease: bool) -> Result<RecordRead, ServiceError> {
     let collection = collection.to_string();
     db.read(move |conn| {
-        let row = records::find(conn, &collection, &id.to_key())?.ok_or(ServiceError::NotFound)?;
+        let key = id.to_key();
+        let row = records::find(conn, &collection, &key)?.ok_or(ServiceError::NotFound)?;
         if row.deleted {
-            return Err(ServiceError::Deleted {
-                version: row.version,
-                deleted_at: row.updated_at.and_utc(),
-                deleted_by: row.updated_by,
-            });
+            return Err(ServiceError::Deleted { version: row.version, deleted_at: row.updated_at.and_utc(), deleted_by: row.updated_by });
         }
-        snapshot(&row)
+        let lease = if with_lease { super::leases::active_in(conn, &collection, &key)? } else { None };
+        Ok(RecordRead { version: row.version, wire: row.wire_text()?, lease })
     })
     .await
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::StorageError;
 use super::schema::{changes, idempotency_keys, leases, records, revisions};
-use crate::domain::record::Fields;
+use crate::domain::record::{Fields, to_wire};
 use crate::domain::{RecordId, RecordMeta};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -43,6 +43,24 @@ impl RecordRow {
 
     pub fn fields(&self) -> Result<Fields, StorageError> {
         decode_fields(&self.data)
+    }
+
+    /// Returns the wire form as JSON text, built from the stored text
+    /// without parsing it: the stored object never holds a server-managed
+    /// member, so these are appended. A tombstone is built in full.
+    pub fn wire_text(&self) -> Result<String, StorageError> {
+        let meta = self.meta()?;
+        if meta.deleted {
+            return Ok(to_wire(&meta, &Fields::new()).to_string());
+        }
+        let Value::Object(members) = to_wire(&meta, &Fields::new()) else {
+            return Err(StorageError::Corrupt("record metadata".to_owned()));
+        };
+        let members = Value::Object(members).to_string();
+        let data = self.data.trim();
+        let body = data.strip_suffix('}').filter(|_| data.starts_with('{')).ok_or_else(|| StorageError::Corrupt("record data is not a JSON object".to_owned()))?;
+        let separator = if body.trim_end() == "{" { "" } else { "," };
+        Ok(format!("{}{separator}{}", body, &members[1..]))
     }
 }
 
@@ -154,5 +172,43 @@ fn decode_fields(text: &str) -> Result<Fields, StorageError> {
     match serde_json::from_str(text) {
         Ok(Value::Object(fields)) => Ok(fields),
         _ => Err(StorageError::Corrupt("record data is not a JSON object".to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(data: &str, deleted: bool) -> RecordRow {
+        let at = DateTime::from_timestamp(1_700_000_000, 123_000).unwrap().naive_utc();
+        RecordRow {
+            collection: "notes".into(),
+            id: "0190a0b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b".into(),
+            version: 3,
+            data: data.into(),
+            deleted,
+            created_at: at,
+            updated_at: at,
+            created_by: "alice".into(),
+            updated_by: "bob".into(),
+        }
+    }
+
+    #[test]
+    fn wire_text_equals_the_parsed_wire_form() {
+        for data in [r#"{"title":"a","nested":{"x":[1,2]}}"#, "{}", r#"{"text":"a } b"}"#] {
+            let row = row(data, false);
+            let spliced: Value = serde_json::from_str(&row.wire_text().unwrap()).unwrap();
+            assert_eq!(spliced, to_wire(&row.meta().unwrap(), &row.fields().unwrap()), "{data}");
+        }
+    }
+
+    #[test]
+    fn wire_text_of_tombstone_has_no_fields() {
+        let spliced: Value = serde_json::from_str(&row(r#"{"title":"a"}"#, true).wire_text().unwrap()).unwrap();
+        assert_eq!(spliced["deleted"], json!(true));
+        assert_eq!(spliced.get("title"), None);
     }
 }
