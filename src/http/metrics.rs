@@ -2,12 +2,13 @@
 //! how far the change feed runs behind commits.
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use prometheus::{Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use super::AppState;
 use super::error::ApiError;
@@ -21,6 +22,9 @@ pub struct Metrics {
     durations: HistogramVec,
     subscribers: IntGauge,
     oldest_transaction: Gauge,
+    /// Copies of the SQLite writer's counts, brought up to date at each
+    /// scrape under the lock, so that concurrent scrapes add once.
+    sqlite_counts: std::sync::Mutex<(IntCounter, IntCounter)>,
 }
 
 impl Metrics {
@@ -49,9 +53,21 @@ impl Metrics {
         registry.register(Box::new(durations.clone()))?;
         registry.register(Box::new(subscribers.clone()))?;
         registry.register(Box::new(oldest_transaction.clone()))?;
+        let sqlite_transactions = IntCounter::new(
+            "versa_sqlite_write_transactions_total",
+            "Transactions run by the SQLite writer; each carries one or more waiting writes. Always 0 on PostgreSQL.",
+        )?;
+        let sqlite_writes = IntCounter::new("versa_sqlite_writes_total", "Writes carried by the SQLite writer's transactions. Always 0 on PostgreSQL.")?;
         registry.register(Box::new(feed_lag))?;
-        Ok(Self { registry, requests, durations, subscribers, oldest_transaction })
+        registry.register(Box::new(sqlite_transactions.clone()))?;
+        registry.register(Box::new(sqlite_writes.clone()))?;
+        Ok(Self { registry, requests, durations, subscribers, oldest_transaction, sqlite_counts: std::sync::Mutex::new((sqlite_transactions, sqlite_writes)) })
     }
+}
+
+/// Moves a counter up to a count kept elsewhere.
+fn catch_up(counter: &IntCounter, count: u64) {
+    counter.inc_by(count.saturating_sub(counter.get()));
 }
 
 /// Counts and times every request.
@@ -88,6 +104,10 @@ pub async fn scrape(state: web::Data<AppState>, req: HttpRequest) -> Result<Http
     metrics.subscribers.set(state.hub.subscriber_count() as i64);
     let oldest = state.db.read(|conn| feed::oldest_transaction_seconds(conn).map_err(ServiceError::from)).await?;
     metrics.oldest_transaction.set(oldest);
+    if let (Some(counts), Ok(counters)) = (state.db.group_counts(), metrics.sqlite_counts.lock()) {
+        catch_up(&counters.0, counts.transactions.load(Ordering::Relaxed));
+        catch_up(&counters.1, counts.writes.load(Ordering::Relaxed));
+    }
 
     let mut body = Vec::new();
     TextEncoder::new()

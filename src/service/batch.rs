@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::records::{Change, WriteContext, Written, insert_in_transaction, require_expected, write_in_transaction};
+use super::records::{Change, RecordWrite, WriteContext, Written, insert_in_transaction, require_expected, write_in_transaction};
 use super::{RecordSnapshot, ServiceError};
 use crate::domain::collection::CollectionPolicy;
 use crate::domain::record::Fields;
@@ -140,7 +140,8 @@ fn run_item(conn: &mut DbConnection, item: &BatchItem, principal: &str) -> Resul
         }
         BatchOperation::Write { id, expected, change, .. } => {
             let expected = require_expected(expected.clone(), &context)?;
-            let written = write_in_transaction(conn, collection, *id, &expected, change, &context)?;
+            let write = RecordWrite { collection: collection.to_owned(), id: *id, expected, change: change.clone(), context };
+            let written = write_in_transaction(conn, &write)?;
             Ok(match change {
                 Change::Delete => ItemOutcome::Deleted,
                 _ => ItemOutcome::Written(written),

@@ -15,9 +15,9 @@ use crate::domain::diff::changed_paths;
 use crate::domain::patch::{apply_json_patch, apply_merge_patch, check_written_paths};
 use crate::domain::record::{Fields, to_wire};
 use crate::domain::{CollectionName, ExpectedVersion, Operation, RecordId};
-use crate::storage::models::{IdempotencyRow, NewChange, RecordRow, RevisionRow, encode_fields, now};
-use crate::storage::records::RecordUpdate;
-use crate::storage::{Database, DbConnection, StorageError, idempotency, records};
+use crate::storage::models::{IdempotencyRow, RecordRow, encode_fields, now};
+use crate::storage::records::NewVersion;
+use crate::storage::{Backend, Database, DbConnection, StorageError, idempotency, records};
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_KEY_LIFETIME_HOURS: i64 = 24;
@@ -274,7 +274,7 @@ pub(crate) fn insert_in_transaction(conn: &mut DbConnection, collection: &str, i
         updated_by: principal.to_owned(),
     };
     records::insert(conn, &row)?;
-    record_history(conn, &row, Operation::Created, vec![String::new()])?;
+    records::append_history(conn, &row, Operation::Created.as_str(), &encode_changed_fields(&[String::new()])?)?;
 
     Ok(RecordSnapshot { meta: row.meta()?, fields })
 }
@@ -314,9 +314,37 @@ pub async fn write(
         check_written_paths(patch)?;
     }
 
-    let collection = collection.to_string();
-    let context = context.clone();
-    db.write(move |conn| write_in_transaction(conn, &collection, id, &expected, &change, &context)).await
+    let write = Arc::new(RecordWrite { collection: collection.to_string(), id, expected, change, context: context.clone() });
+    if db.backend() == Backend::Sqlite {
+        return db.write(move |conn| write_in_transaction(conn, &write)).await;
+    }
+
+    // On PostgreSQL each attempt is a read and a one-statement conditional
+    // write, without a transaction or the record lock. The write's first
+    // change is the record's own row, so the feed keeps the record's
+    // versions in order. An attempt that loses a race to another writer
+    // starts again from the newer version, where the version check (and a
+    // merge, where the collection allows one) decides afresh.
+    for _ in 0..MAX_ATTEMPTS {
+        let write = write.clone();
+        if let Some(written) = db.write_autocommit(move |conn| attempt_write(conn, &write)).await? {
+            return Ok(written);
+        }
+    }
+    db.read(move |conn| Err(latest_conflict(conn, &write)?)).await
+}
+
+/// How often a PostgreSQL write starts again after losing a race before it
+/// reports a conflict. Each lost race means another write committed.
+const MAX_ATTEMPTS: usize = 8;
+
+/// A write to an existing record, ready to be attempted.
+pub(crate) struct RecordWrite {
+    pub collection: String,
+    pub id: RecordId,
+    pub expected: ExpectedVersion,
+    pub change: Change,
+    pub context: WriteContext,
 }
 
 /// Checks that a write to an existing record states a version it may use.
@@ -328,16 +356,34 @@ pub(crate) fn require_expected(expected: Option<ExpectedVersion>, context: &Writ
     Ok(expected)
 }
 
-pub(crate) fn write_in_transaction(
-    conn: &mut DbConnection,
-    collection: &str,
-    id: RecordId,
-    expected: &ExpectedVersion,
-    change: &Change,
-    context: &WriteContext,
-) -> Result<Written, ServiceError> {
+/// Writes an existing record in the caller's transaction: every write on
+/// SQLite, and batch operations on PostgreSQL, where the record lock keeps
+/// the feed in order for a transaction that writes several records.
+pub(crate) fn write_in_transaction(conn: &mut DbConnection, write: &RecordWrite) -> Result<Written, ServiceError> {
+    records::lock_record(conn, &write.collection, &write.id.to_key())?;
+    match attempt_write(conn, write)? {
+        Some(written) => Ok(written),
+        // SQLite has one writer, so only PostgreSQL gets here: a single
+        // write without the lock committed in between. This transaction may
+        // already have its id, so a retry here could put the record's
+        // versions out of order in the feed.
+        None => Err(latest_conflict(conn, write)?),
+    }
+}
+
+/// The conflict of a write that lost its race, against the latest version.
+fn latest_conflict(conn: &mut DbConnection, write: &RecordWrite) -> Result<ServiceError, ServiceError> {
+    let latest = records::find(conn, &write.collection, &write.id.to_key())?.ok_or(ServiceError::NotFound)?;
+    Ok(ServiceError::Conflict(Box::new(conflict::build(conn, &latest, &write.expected, &write.change, &write.context.policy)?)))
+}
+
+/// Reads the record, decides the write's fate from its expected version,
+/// and writes the new version only if the record still has the version
+/// read. Returns `None`, having written nothing, when another writer
+/// committed between the read and the write.
+fn attempt_write(conn: &mut DbConnection, write: &RecordWrite) -> Result<Option<Written>, ServiceError> {
+    let RecordWrite { collection, id, expected, change, context } = write;
     let key = id.to_key();
-    records::lock_record(conn, collection, &key)?;
     if context.policy.leases == LeaseMode::Required {
         super::leases::check_write(conn, collection, &key, context.lease_token.as_deref())?;
     }
@@ -365,35 +411,26 @@ pub(crate) fn write_in_transaction(
         _ => changed_paths(&Value::Object(old_fields), &Value::Object(new_fields.clone())),
     };
 
-    let at = now().naive_utc();
-    let data = encode_fields(&new_fields)?;
-    let update = RecordUpdate {
-        version: current.version + 1,
-        data: &data,
-        deleted: operation == Operation::Deleted,
-        updated_at: at,
-        updated_by: &context.principal,
-    };
-    if !records::update_if_version(conn, collection, &key, current.version, &update)? {
-        // Another transaction committed between the read and the update.
-        // The per-record lock prevents this on PostgreSQL and SQLite has one
-        // writer, so it is a safety net that reports without merging.
-        let latest = records::find(conn, collection, &key)?.ok_or(ServiceError::NotFound)?;
-        return Err(ServiceError::Conflict(Box::new(conflict::build(conn, &latest, expected, change, &context.policy)?)));
-    }
-
-    let (version, deleted) = (update.version, update.deleted);
+    let previous = current.version;
     let row = RecordRow {
-        version,
-        data,
-        deleted,
-        updated_at: at,
+        version: previous + 1,
+        data: encode_fields(&new_fields)?,
+        deleted: operation == Operation::Deleted,
+        updated_at: now().naive_utc(),
         updated_by: context.principal.clone(),
         ..current
     };
-    record_history(conn, &row, operation, changed)?;
-    prune_history(conn, &row, &context.policy)?;
-    Ok(Written { record: RecordSnapshot { meta: row.meta()?, fields: new_fields }, merged })
+    let new_version = NewVersion {
+        row: &row,
+        previous,
+        operation: operation.as_str(),
+        changed_fields: &encode_changed_fields(&changed)?,
+        keep_from: context.policy.keep_revisions.map(|keep| row.version - keep + 1),
+    };
+    if !records::write_version(conn, &new_version)? {
+        return Ok(None);
+    }
+    Ok(Some(Written { record: RecordSnapshot { meta: row.meta()?, fields: new_fields }, merged }))
 }
 
 /// Computes the fields a write leaves, for a write whose version matched.
@@ -414,46 +451,8 @@ fn apply_change(conn: &mut DbConnection, current: &RecordRow, old_fields: &Field
     })
 }
 
-/// Deletes the revisions that `keep_revisions` no longer keeps, in the
-/// transaction of the write that pushed them out.
-fn prune_history(conn: &mut DbConnection, row: &RecordRow, policy: &CollectionPolicy) -> Result<(), ServiceError> {
-    if let Some(keep) = policy.keep_revisions {
-        records::delete_revisions_before(conn, &row.collection, &row.id, row.version - keep + 1)?;
-    }
-    Ok(())
-}
-
-/// Appends the revision and the change of a committed write, in the write's
-/// transaction.
-fn record_history(conn: &mut DbConnection, row: &RecordRow, operation: Operation, changed_fields: Vec<String>) -> Result<(), ServiceError> {
-    let changed_fields = serde_json::to_string(&changed_fields).map_err(|_| StorageError::Corrupt("changed fields".to_owned()))?;
-    records::insert_revision(
-        conn,
-        &RevisionRow {
-            collection: row.collection.clone(),
-            record_id: row.id.clone(),
-            version: row.version,
-            operation: operation.as_str().to_owned(),
-            data: row.data.clone(),
-            changed_fields,
-            principal: row.updated_by.clone(),
-            created_at: row.updated_at,
-        },
-    )?;
-    records::insert_change(
-        conn,
-        &NewChange {
-            collection: row.collection.clone(),
-            record_id: row.id.clone(),
-            version: row.version,
-            operation: operation.as_str().to_owned(),
-            principal: row.updated_by.clone(),
-            changed_at: row.updated_at,
-            detail: None,
-        },
-    )?;
-    records::notify_change(conn)?;
-    Ok(())
+fn encode_changed_fields(paths: &[String]) -> Result<String, ServiceError> {
+    Ok(serde_json::to_string(paths).map_err(|_| StorageError::Corrupt("changed fields".to_owned()))?)
 }
 
 pub(crate) fn snapshot(row: &RecordRow) -> Result<RecordSnapshot, ServiceError> {

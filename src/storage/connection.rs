@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -152,26 +153,32 @@ impl ManageConnection for Manager {
 pub type DbPool = Pool<Manager>;
 pub type PooledDb = PooledConnection<Manager>;
 
-/// The connection pools of one database.
+/// The connections of one database.
 ///
 /// SQLite allows one writer at a time, and in WAL mode a transaction that
 /// reads and then writes fails at once with `SQLITE_BUSY` when another
-/// connection wrote in between, whatever the busy timeout. So writes go
-/// through a pool of exactly one connection and reads through a separate
-/// pool. On PostgreSQL both are the same pool.
+/// connection wrote in between, whatever the busy timeout. So SQLite writes
+/// go to one writer thread with its own connection (see [`GroupCommit`])
+/// and reads through a pool. On PostgreSQL reads and writes share one pool.
 #[derive(Clone)]
 pub struct Database {
     url: DatabaseUrl,
     reader: DbPool,
-    writer: DbPool,
+    writer: Writer,
     /// Signalled after every committed write transaction, so that this
     /// instance's change feed reader looks for new changes at once.
     committed: Arc<Notify>,
 }
 
+#[derive(Clone)]
+enum Writer {
+    Pool(DbPool),
+    Group(GroupCommit),
+}
+
 impl Database {
-    /// Opens the pools. Blocking: call it outside the async runtime's
-    /// worker threads.
+    /// Opens the pools and, on SQLite, starts the writer thread. Blocking:
+    /// call it outside the async runtime's worker threads.
     ///
     /// # Errors
     ///
@@ -187,17 +194,19 @@ impl Database {
                 .build(manager.clone())
                 .map_err(|error| StorageError::Unavailable(Box::new(error)))
         };
+        let committed = Arc::<Notify>::default();
 
         match url.backend {
             Backend::Postgres => {
                 let pool = build(pool_size.max(1))?;
-                Ok(Self { url: url.clone(), reader: pool.clone(), writer: pool, committed: Arc::default() })
+                Ok(Self { url: url.clone(), reader: pool.clone(), writer: Writer::Pool(pool), committed })
             }
             Backend::Sqlite => {
-                let writer = build(1)?;
-                writer.get()?.batch_execute("PRAGMA journal_mode = WAL;")?;
+                let mut conn = manager.connect().map_err(|error| StorageError::Unavailable(Box::new(error)))?;
+                conn.batch_execute("PRAGMA journal_mode = WAL;")?;
+                let writer = GroupCommit::start(conn, manager.clone(), committed.clone())?;
                 let reader = build(pool_size.max(1))?;
-                Ok(Self { url: url.clone(), reader, writer, committed: Arc::default() })
+                Ok(Self { url: url.clone(), reader, writer: Writer::Group(writer), committed })
             }
         }
     }
@@ -231,19 +240,49 @@ impl Database {
         .map_err(StorageError::from)?
     }
 
-    /// Runs `task` on the blocking pool inside one transaction on the write
-    /// connection. An `Err` rolls the transaction back.
+    /// Runs `task` inside one transaction on a write connection, and an
+    /// `Err` rolls the transaction back. On SQLite that transaction is a
+    /// savepoint in a transaction shared with the other waiting writes, and
+    /// the result is returned once the shared transaction commits.
     pub async fn write<T, E, F>(&self, task: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StorageError> + From<diesel::result::Error> + Send + 'static,
     {
-        let pool = self.writer.clone();
+        match &self.writer {
+            Writer::Group(group) => group.write(task).await,
+            Writer::Pool(pool) => {
+                let pool = pool.clone();
+                let result = actix_web::web::block(move || {
+                    let mut conn = pool.get().map_err(StorageError::from)?;
+                    let conn: &mut DbConnection = &mut conn;
+                    conn.transaction(task)
+                })
+                .await
+                .map_err(StorageError::from)?;
+                if result.is_ok() {
+                    self.committed.notify_one();
+                }
+                result
+            }
+        }
+    }
+
+    /// Runs `task` on a write connection outside any transaction, so each
+    /// of its statements commits on its own: for work whose only write is
+    /// one statement. On SQLite it is the same as [`Database::write`].
+    pub async fn write_autocommit<T, E, F>(&self, task: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StorageError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let Writer::Pool(pool) = &self.writer else { return self.write(task).await };
+        let pool = pool.clone();
         let result = actix_web::web::block(move || {
             let mut conn = pool.get().map_err(StorageError::from)?;
-            let conn: &mut DbConnection = &mut conn;
-            conn.transaction(task)
+            task(&mut conn)
         })
         .await
         .map_err(StorageError::from)?;
@@ -253,11 +292,142 @@ impl Database {
         result
     }
 
-    /// Runs `task` with a write connection outside any transaction, for
+    /// Returns the SQLite writer's counts, or `None` on PostgreSQL, which
+    /// groups commits itself.
+    pub fn group_counts(&self) -> Option<&GroupCounts> {
+        match &self.writer {
+            Writer::Group(group) => Some(&group.counts),
+            Writer::Pool(_) => None,
+        }
+    }
+
+    /// Runs `task` with a new write connection outside any transaction, for
     /// start-up work such as migrations.
     pub fn with_writer_blocking<T>(&self, task: impl FnOnce(&mut DbConnection) -> Result<T, StorageError>) -> Result<T, StorageError> {
-        let mut conn = self.writer.get()?;
+        let mut conn = match &self.writer {
+            Writer::Pool(pool) => return task(&mut *pool.get()?),
+            Writer::Group(group) => group.manager.connect().map_err(|error| StorageError::Unavailable(Box::new(error)))?,
+        };
         task(&mut conn)
+    }
+}
+
+/// The maximum number of queued writes in one SQLite transaction.
+const MAX_GROUP: usize = 64;
+
+/// A write waiting for the writer thread. Running it in a savepoint returns
+/// what to do once the enclosing transaction has ended.
+type QueuedWrite = Box<dyn FnOnce(&mut DbConnection) -> Completion + Send>;
+type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// Group commit for SQLite: one thread owns the write connection and runs
+/// every write that is waiting when it gets to them in one transaction,
+/// each in its own savepoint.
+///
+/// Each write reads the writes queued before it, so its own precondition
+/// decides its fate. A write that fails rolls back only its savepoint. No caller hears
+/// of success before the transaction commits, so every acknowledged write
+/// is as durable as a transaction of its own. While one transaction
+/// commits, the next writes queue up, so the group grows with the load and
+/// a lone write waits for no one.
+#[derive(Clone)]
+struct GroupCommit {
+    queue: std::sync::mpsc::Sender<QueuedWrite>,
+    manager: Manager,
+    counts: Arc<GroupCounts>,
+}
+
+/// How many transactions the SQLite writer ran, and how many writes they
+/// carried; their ratio is the mean group size.
+#[derive(Debug, Default)]
+pub struct GroupCounts {
+    pub transactions: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+impl GroupCommit {
+    fn start(conn: DbConnection, manager: Manager, committed: Arc<Notify>) -> Result<Self, StorageError> {
+        let (queue, receiver) = std::sync::mpsc::channel::<QueuedWrite>();
+        let counts = Arc::<GroupCounts>::default();
+        let (reconnect, counted) = (manager.clone(), counts.clone());
+        std::thread::Builder::new()
+            .name("versa-sqlite-writer".to_owned())
+            .spawn(move || run_writer(conn, &reconnect, &receiver, &committed, &counted))
+            .map_err(|error| StorageError::Unavailable(Box::new(error)))?;
+        Ok(Self { queue, manager, counts })
+    }
+
+    async fn write<T, E, F>(&self, task: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StorageError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, E>>();
+        let queued: QueuedWrite = Box::new(move |conn: &mut DbConnection| {
+            let result = conn.transaction(task);
+            Box::new(move |commit: Result<(), StorageError>| {
+                let result = match (result, commit) {
+                    (Ok(_), Err(error)) => Err(E::from(error)),
+                    (result, _) => result,
+                };
+                // The caller may have gone away, and its write is kept.
+                let _ = reply.send(result);
+            })
+        });
+        self.queue.send(queued).map_err(|_| writer_stopped())?;
+        answer.await.map_err(|_| writer_stopped())?
+    }
+}
+
+fn writer_stopped() -> StorageError {
+    StorageError::Unavailable("the SQLite writer thread has stopped".into())
+}
+
+fn run_writer(mut conn: DbConnection, manager: &Manager, queue: &std::sync::mpsc::Receiver<QueuedWrite>, committed: &Notify, counts: &GroupCounts) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        counts.transactions.fetch_add(1, Ordering::Relaxed);
+        counts.writes.fetch_add(group.len() as u64, Ordering::Relaxed);
+
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_group(&mut conn, group)));
+        match outcome {
+            Ok(()) => committed.notify_one(),
+            Err(_) => {
+                // A panic left the connection's transaction state unknown.
+                // Dropping it rolls back; the waiting callers learn
+                // that the database is unavailable when their replies are
+                // dropped.
+                tracing::error!("a write panicked; its transaction was rolled back");
+                match manager.connect() {
+                    Ok(fresh) => conn = fresh,
+                    Err(error) => {
+                        tracing::error!(%error, "the SQLite writer cannot reconnect and stops");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run_group(conn: &mut DbConnection, group: Vec<QueuedWrite>) {
+    let mut completions = Vec::with_capacity(group.len());
+    let committed = conn.transaction::<_, diesel::result::Error, _>(|conn| {
+        for write in group {
+            completions.push(write(conn));
+        }
+        Ok(())
+    });
+    let outcome = committed.map_err(Arc::new);
+    for complete in completions {
+        complete(outcome.clone().map_err(StorageError::CommitFailed));
     }
 }
 
@@ -270,6 +440,7 @@ impl From<ConnectionError> for StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diesel::RunQueryDsl;
 
     #[test]
     fn url_scheme_selects_backend() {
@@ -287,5 +458,50 @@ mod tests {
     fn display_hides_password() {
         let url = DatabaseUrl::parse("postgres://versa:secret@db:5432/versa").unwrap();
         assert_eq!(url.to_string(), "postgres://versa:***@db:5432/versa");
+    }
+
+    /// Writes queued while the writer is busy share one transaction, and
+    /// each keeps its own outcome: the failed one leaves nothing, the
+    /// others commit.
+    #[tokio::test]
+    async fn group_commit_keeps_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::parse(&dir.path().join("group.db").display().to_string()).unwrap();
+        let db = Database::connect(&url, 2, Duration::from_secs(5)).unwrap();
+        db.with_writer_blocking(|conn| Ok(conn.batch_execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")?)).unwrap();
+        let insert = |k: i32| {
+            move |conn: &mut DbConnection| -> Result<usize, StorageError> {
+                Ok(diesel::sql_query(format!("INSERT INTO t (k) VALUES ({k})")).execute(conn)?)
+            }
+        };
+
+        // The first write blocks the writer until every other write is queued.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = db.write(move |_conn| held.recv().map_err(|_| StorageError::Corrupt("release dropped".to_owned())));
+        let queued = async { tokio::join!(db.write(insert(1)), db.write(insert(2)), db.write(insert(1)), db.write(insert(3))) };
+        let open = async {
+            tokio::task::yield_now().await;
+            release.send(()).unwrap();
+        };
+        let (held, (one, two, duplicate, three), ()) = tokio::join!(hold, queued, open);
+
+        assert!(held.is_ok());
+        assert_eq!((one.unwrap(), two.unwrap(), three.unwrap()), (1, 1, 1));
+        assert!(matches!(duplicate, Err(StorageError::UniqueViolation)), "{duplicate:?}");
+        let counts = db.group_counts().unwrap();
+        assert_eq!(counts.writes.load(Ordering::Relaxed), 5);
+        assert!(counts.transactions.load(Ordering::Relaxed) <= 2, "{counts:?}");
+        let rows = db
+            .read(|conn| {
+                #[derive(diesel::QueryableByName)]
+                struct Count {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                Ok::<_, StorageError>(diesel::sql_query("SELECT COUNT(*) AS n FROM t").get_result::<Count>(conn)?.n)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 3);
     }
 }

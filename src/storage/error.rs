@@ -1,5 +1,7 @@
 //! The storage layer's error type.
 
+use std::sync::Arc;
+
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// A failed storage operation.
@@ -18,6 +20,10 @@ pub enum StorageError {
     Corrupt(String),
     #[error("database query failed")]
     Query(#[source] DieselError),
+    /// The shared transaction of a group of SQLite writes failed to commit;
+    /// every write of the group reports the same error.
+    #[error("commit failed")]
+    CommitFailed(#[source] Arc<DieselError>),
     #[error("migrations failed")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("blocking task failed")]

@@ -1,9 +1,8 @@
 //! Queries on records and their revisions.
 
-use chrono::NaiveDateTime;
 use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Text};
+use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
 
 use super::connection::MultiBackend;
 use super::models::{NewChange, RecordRow, RevisionRow};
@@ -56,35 +55,132 @@ pub fn insert(conn: &mut DbConnection, row: &RecordRow) -> Result<(), StorageErr
     Ok(())
 }
 
-/// The new state of a record for [`update_if_version`].
-pub struct RecordUpdate<'a> {
-    pub version: i64,
-    pub data: &'a str,
-    pub deleted: bool,
-    pub updated_at: NaiveDateTime,
-    pub updated_by: &'a str,
+/// A new version of a record and what its history keeps of it.
+pub struct NewVersion<'a> {
+    /// The record as the write leaves it.
+    pub row: &'a RecordRow,
+    /// The version the write was computed from; the update happens only
+    /// while the record still has it.
+    pub previous: i64,
+    pub operation: &'a str,
+    /// The changed field paths as a JSON array.
+    pub changed_fields: &'a str,
+    /// Revisions older than this version are deleted with the write.
+    pub keep_from: Option<i64>,
 }
 
-/// The conditional write: updates the record only while its version is
-/// still `expected`. Returns `false`, having changed nothing, when another
+/// The conditional write: stores `new` as the record's latest version with
+/// its revision and its change, only while the record's version is still
+/// `new.previous`. Returns `false`, having changed nothing, when another
 /// writer got there first.
-pub fn update_if_version(
-    conn: &mut DbConnection,
-    collection: &str,
-    id: &str,
-    expected: i64,
-    update: &RecordUpdate<'_>,
-) -> Result<bool, StorageError> {
-    let updated = diesel::update(records::table.find((collection, id)).filter(records::version.eq(expected)))
+///
+/// On PostgreSQL this is one statement, so a write outside a transaction
+/// is still atomic and costs one round trip. On SQLite the statements run in
+/// the caller's transaction.
+pub fn write_version(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
+    match conn {
+        DbConnection::Postgresql(pg) => write_version_postgres(pg, new),
+        DbConnection::Sqlite(_) => write_version_in_steps(conn, new),
+    }
+}
+
+/// Update, revision, change, pruning and notification in one statement.
+/// Each data-modifying step reads the rows the update returned, so nothing
+/// happens when the version moved. Keeping every revision passes a cutoff
+/// of 0, which matches none.
+const WRITE_VERSION_POSTGRES: &str = "\
+WITH updated AS (
+    UPDATE records SET version = $4, data = $5, deleted = $6, updated_at = $7, updated_by = $8
+    WHERE collection = $1 AND id = $2 AND version = $3
+    RETURNING collection, id, version, data, updated_at, updated_by
+), revision AS (
+    INSERT INTO revisions (collection, record_id, version, operation, data, changed_fields, principal, created_at)
+    SELECT collection, id, version, $9, data, $10, updated_by, updated_at FROM updated
+), change AS (
+    INSERT INTO changes (collection, record_id, version, operation, principal, changed_at)
+    SELECT collection, id, version, $9, updated_by, updated_at FROM updated
+), pruned AS (
+    DELETE FROM revisions
+    WHERE collection = $1 AND record_id = $2 AND version < $11 AND EXISTS (SELECT 1 FROM updated)
+)
+SELECT version, CAST(pg_notify($12, '') AS TEXT) AS notified FROM updated";
+
+#[derive(QueryableByName)]
+struct WrittenVersion {
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+fn write_version_postgres(pg: &mut diesel::PgConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
+    let row = new.row;
+    let written = diesel::sql_query(WRITE_VERSION_POSTGRES)
+        .bind::<Text, _>(&row.collection)
+        .bind::<Text, _>(&row.id)
+        .bind::<BigInt, _>(new.previous)
+        .bind::<BigInt, _>(row.version)
+        .bind::<Text, _>(&row.data)
+        .bind::<Bool, _>(row.deleted)
+        .bind::<Timestamp, _>(row.updated_at)
+        .bind::<Text, _>(&row.updated_by)
+        .bind::<Text, _>(new.operation)
+        .bind::<Text, _>(new.changed_fields)
+        .bind::<BigInt, _>(new.keep_from.unwrap_or(0))
+        .bind::<Text, _>(CHANGES_CHANNEL)
+        .load::<WrittenVersion>(pg)?;
+    Ok(written.iter().any(|written| written.version == row.version))
+}
+
+fn write_version_in_steps(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
+    let row = new.row;
+    let updated = diesel::update(records::table.find((&row.collection, &row.id)).filter(records::version.eq(new.previous)))
         .set((
-            records::version.eq(update.version),
-            records::data.eq(update.data),
-            records::deleted.eq(update.deleted),
-            records::updated_at.eq(update.updated_at),
-            records::updated_by.eq(update.updated_by),
+            records::version.eq(row.version),
+            records::data.eq(&row.data),
+            records::deleted.eq(row.deleted),
+            records::updated_at.eq(row.updated_at),
+            records::updated_by.eq(&row.updated_by),
         ))
         .execute(conn)?;
-    Ok(updated == 1)
+    if updated != 1 {
+        return Ok(false);
+    }
+
+    append_history(conn, row, new.operation, new.changed_fields)?;
+    if let Some(keep_from) = new.keep_from {
+        delete_revisions_before(conn, &row.collection, &row.id, keep_from)?;
+    }
+    Ok(true)
+}
+
+/// Appends the revision and the change of a version written in this
+/// transaction, and announces the change.
+pub fn append_history(conn: &mut DbConnection, row: &RecordRow, operation: &str, changed_fields: &str) -> Result<(), StorageError> {
+    insert_revision(
+        conn,
+        &RevisionRow {
+            collection: row.collection.clone(),
+            record_id: row.id.clone(),
+            version: row.version,
+            operation: operation.to_owned(),
+            data: row.data.clone(),
+            changed_fields: changed_fields.to_owned(),
+            principal: row.updated_by.clone(),
+            created_at: row.updated_at,
+        },
+    )?;
+    insert_change(
+        conn,
+        &NewChange {
+            collection: row.collection.clone(),
+            record_id: row.id.clone(),
+            version: row.version,
+            operation: operation.to_owned(),
+            principal: row.updated_by.clone(),
+            changed_at: row.updated_at,
+            detail: None,
+        },
+    )?;
+    notify_change(conn)
 }
 
 pub fn insert_revision(conn: &mut DbConnection, row: &RevisionRow) -> Result<(), StorageError> {

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{TestApp, expect_problem, header};
+use crate::helpers::{TestApp, expect_problem, header, send_together};
 
 const CONFIG: &str = r#"
 [collections.notes]
@@ -16,6 +16,9 @@ keep_revisions = 3
 
 [collections.tasks]
 allow_unconditional_writes = true
+
+[collections.drafts]
+merge = "fields"
 
 [collections.feed-sentinel]
 "#;
@@ -39,6 +42,7 @@ both_backends!(
     restore_of_pruned_version_is_404,
     stale_writes_that_never_merge,
     feed_rejects_undeclared_collection,
+    concurrent_disjoint_writes_all_merge,
 );
 
 /// Weak tags, JSON Patch `test` operations and deletes stay conflicts even
@@ -342,4 +346,30 @@ async fn unconditional_write_where_allowed(app: TestApp) {
     let note_path = note(&app, json!({"title": "a"})).await;
     let refused = app.send(Method::PUT, &note_path, "application/json", &json!({"title": "b"}), &[("if-match", "*")]).await;
     expect_problem(refused, StatusCode::PRECONDITION_REQUIRED, "unconditional-write-not-allowed").await;
+}
+
+/// Writers that all start from version 1 and each change another field all
+/// commit, however their writes interleave: a writer that loses a race is
+/// merged into the newer version, never refused.
+async fn concurrent_disjoint_writes_all_merge(app: TestApp) {
+    const WRITERS: usize = 12;
+    let fields: serde_json::Map<String, Value> = (0..WRITERS).map(|n| (format!("f{n}"), json!(0))).collect();
+    let created = app.create("drafts", Value::Object(fields)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/drafts/{id}");
+
+    let writers = (0..WRITERS).map(|n| {
+        app.request(Method::PATCH, &path)
+            .header("content-type", "application/merge-patch+json")
+            .header("if-match", "\"1\"")
+            .body(json!({format!("f{n}"): n + 1}).to_string())
+    });
+    let statuses = send_together(writers.collect()).await;
+
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+    let record = app.read("drafts", &id).await;
+    assert_eq!(record["version"], WRITERS as i64 + 1);
+    for n in 0..WRITERS {
+        assert_eq!(record[format!("f{n}")], n + 1, "field f{n} in {record}");
+    }
 }

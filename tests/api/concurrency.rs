@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, send_together};
 
 both_backends!(concurrent_increments_lose_nothing, same_version_writes_commit_once);
 
@@ -63,25 +63,13 @@ async fn same_version_writes_commit_once(app: TestApp) {
     let id = created["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/notes/{id}");
 
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
-    let mut writers = Vec::new();
-    for n in 0..20 {
-        let request = app
-            .request(Method::PUT, &path)
+    let writers = (0..20).map(|n| {
+        app.request(Method::PUT, &path)
             .header("content-type", "application/json")
             .header("if-match", "\"1\"")
-            .body(json!({"title": format!("writer {n}")}).to_string());
-        let barrier = barrier.clone();
-        writers.push(tokio::spawn(async move {
-            barrier.wait().await;
-            request.send().await.unwrap().status()
-        }));
-    }
-
-    let mut statuses = Vec::new();
-    for writer in writers {
-        statuses.push(writer.await.unwrap());
-    }
+            .body(json!({"title": format!("writer {n}")}).to_string())
+    });
+    let statuses = send_together(writers.collect()).await;
 
     assert_eq!(statuses.iter().filter(|status| **status == StatusCode::OK).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|status| **status == StatusCode::CONFLICT).count(), 19, "{statuses:?}");

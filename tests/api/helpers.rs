@@ -203,6 +203,27 @@ impl TestApp {
 }
 
 /// Reads a problem body and checks its content type, status and type slug.
+/// Sends the requests at once, each from its own task released by one
+/// barrier, and returns their statuses in request order.
+pub async fn send_together(requests: Vec<RequestBuilder>) -> Vec<StatusCode> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(requests.len()));
+    let senders: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                request.send().await.unwrap().status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(senders.len());
+    for sender in senders {
+        statuses.push(sender.await.unwrap());
+    }
+    statuses
+}
+
 pub async fn expect_problem(response: Response, status: StatusCode, kind: &str) -> Value {
     assert_eq!(response.status(), status);
     assert_eq!(header(&response, "content-type"), "application/problem+json");

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{SseClient, TestApp, expect_problem, header};
+use crate::helpers::{SseClient, TestApp, expect_problem, header, send_together};
 
 const LEASES: &str = r#"
 [collections.notes]
@@ -173,21 +173,7 @@ async fn lease_lifecycle(app: TestApp) {
 
 async fn concurrent_acquires_have_one_winner(app: TestApp) {
     let path = record(&app, "notes").await;
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(32));
-    let mut acquirers = Vec::new();
-    for _ in 0..32 {
-        let request = app.request(Method::POST, &format!("{path}/lease"));
-        let barrier = barrier.clone();
-        acquirers.push(tokio::spawn(async move {
-            barrier.wait().await;
-            request.send().await.unwrap().status()
-        }));
-    }
-
-    let mut statuses = Vec::new();
-    for acquirer in acquirers {
-        statuses.push(acquirer.await.unwrap());
-    }
+    let statuses = send_together((0..32).map(|_| app.request(Method::POST, &format!("{path}/lease"))).collect()).await;
 
     assert_eq!(statuses.iter().filter(|status| **status == StatusCode::CREATED).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|status| **status == StatusCode::LOCKED).count(), 31, "{statuses:?}");
