@@ -177,11 +177,6 @@ pub async fn active(db: &Database, collection: &CollectionName, id: RecordId) ->
         .await
 }
 
-/// Returns the active lease on a record, on a connection the caller holds.
-pub fn active_in(conn: &mut DbConnection, collection: &str, id: &str) -> Result<Option<Lease>, ServiceError> {
-    Ok(leases::find_active(conn, collection, id, now().naive_utc())?.map(|row| Lease::from_row(&row)))
-}
-
 /// Checks the `required` lease mode for a write inside its transaction.
 ///
 /// # Errors

@@ -66,12 +66,15 @@ pub async fn read_for_get(db: &Database, collection: &CollectionName, id: Record
     let collection = collection.to_string();
     db.read(move |conn| {
         let key = id.to_key();
-        let row = records::find(conn, &collection, &key)?.ok_or(ServiceError::NotFound)?;
+        let (row, lease) = if with_lease {
+            records::find_with_lease(conn, &collection, &key, now().naive_utc())?.ok_or(ServiceError::NotFound)?
+        } else {
+            (records::find(conn, &collection, &key)?.ok_or(ServiceError::NotFound)?, None)
+        };
         if row.deleted {
             return Err(ServiceError::Deleted { version: row.version, deleted_at: row.updated_at.and_utc(), deleted_by: row.updated_by });
         }
-        let lease = if with_lease { super::leases::active_in(conn, &collection, &key)? } else { None };
-        Ok(RecordRead { version: row.version, wire: row.wire_text()?, lease })
+        Ok(RecordRead { version: row.version, wire: row.wire_text()?, lease: lease.as_ref().map(super::leases::Lease::from_row) })
     })
     .await
 }

@@ -5,8 +5,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
 
 use super::connection::MultiBackend;
-use super::models::{NewChange, RecordRow, RevisionRow};
-use super::schema::{changes, records, revisions};
+use super::models::{LeaseRow, NewChange, RecordRow, RevisionRow};
+use super::schema::{changes, leases, records, revisions};
 use super::{DbConnection, StorageError};
 
 /// Serializes writers of one record on PostgreSQL until the transaction
@@ -41,6 +41,27 @@ pub fn find(conn: &mut DbConnection, collection: &str, id: &str) -> Result<Optio
     Ok(records::table
         .find((collection, id))
         .select(RecordRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Returns a record with the lease on it that is active at `now`, in one
+/// query, for reads that show both.
+pub fn find_with_lease(
+    conn: &mut DbConnection,
+    collection: &str,
+    id: &str,
+    now: chrono::NaiveDateTime,
+) -> Result<Option<(RecordRow, Option<LeaseRow>)>, StorageError> {
+    let active_lease = leases::collection
+        .eq(records::collection)
+        .and(leases::record_id.eq(records::id))
+        .and(leases::expires_at.gt(now));
+    Ok(records::table
+        .left_join(leases::table.on(active_lease))
+        .filter(records::collection.eq(collection))
+        .filter(records::id.eq(id))
+        .select((RecordRow::as_select(), Option::<LeaseRow>::as_select()))
         .first(conn)
         .optional()?)
 }
