@@ -121,6 +121,12 @@ pub struct Manager {
     url: DatabaseUrl,
 }
 
+impl Manager {
+    pub fn new(url: DatabaseUrl) -> Self {
+        Self { url }
+    }
+}
+
 impl ManageConnection for Manager {
     type Connection = DbConnection;
     type Error = diesel::r2d2::Error;

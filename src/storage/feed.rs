@@ -11,7 +11,7 @@
 use chrono::NaiveDateTime;
 use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::Bool;
+use diesel::sql_types::{BigInt, Bool};
 
 use super::models::ChangeRow;
 use super::schema::{changes, feed_horizon};
@@ -45,15 +45,26 @@ impl FeedFilter {
 /// Changes after `after`, in feed order, that match `filter`.
 pub fn changes_after(conn: &mut DbConnection, after: FeedPosition, filter: &FeedFilter, limit: i64) -> Result<Vec<ChangeRow>, StorageError> {
     let mut query = changes::table
-        .filter(
-            changes::txid
-                .gt(after.txid)
-                .or(changes::txid.eq(after.txid).and(changes::seq.gt(after.seq))),
-        )
         .order((changes::txid.asc(), changes::seq.asc()))
         .limit(limit)
         .select(ChangeRow::as_select())
         .into_boxed();
+
+    // The cursor condition must be an index range, or every read scans the
+    // feed from its start. SQLite plans `txid > ? OR (txid = ? AND seq > ?)`
+    // and the row value `(txid, seq) > (?, ?)` alike as a scan. There `txid`
+    // is always 0, and `txid = ? AND seq > ?` is a range. PostgreSQL uses
+    // the row comparison as an index bound.
+    query = match conn {
+        DbConnection::Sqlite(_) => query.filter(changes::txid.eq(after.txid).and(changes::seq.gt(after.seq))),
+        DbConnection::Postgresql(_) => query.filter(
+            sql::<Bool>("(txid, seq) > (")
+                .bind::<BigInt, _>(after.txid)
+                .sql(", ")
+                .bind::<BigInt, _>(after.seq)
+                .sql(")"),
+        ),
+    };
 
     if !filter.collections.is_empty() {
         query = query.filter(changes::collection.eq_any(filter.collections.clone()));
@@ -130,4 +141,61 @@ pub fn oldest_transaction_seconds(conn: &mut DbConnection) -> Result<f64, Storag
     )
     .get_result(pg)?;
     Ok(row.seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use diesel::connection::{Instrumentation, InstrumentationEvent};
+    use diesel::r2d2::ManageConnection;
+
+    use super::*;
+    use crate::storage::connection::Manager;
+    use crate::storage::{DatabaseUrl, migrations};
+
+    /// The feed is read on every commit, so a cursor read that scans the
+    /// feed from its start grows slower with every change kept.
+    #[test]
+    fn cursor_read_is_index_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::parse(&dir.path().join("feed.db").display().to_string()).unwrap();
+        let mut conn = Manager::new(url).connect().unwrap();
+        migrations::run_pending(&mut conn).unwrap();
+
+        let unfiltered = FeedFilter::default();
+        let two_collections = FeedFilter { collections: vec!["notes".to_owned(), "tasks".to_owned()], ids: Vec::new() };
+        let one_record = FeedFilter { collections: vec!["notes".to_owned()], ids: vec!["a".to_owned()] };
+        for filter in [unfiltered, two_collections, one_record] {
+            let plan = cursor_read_plan(&mut conn, &filter);
+            assert!(plan.iter().any(|step| step.contains("seq>?")), "{filter:?}: {plan:?}");
+        }
+    }
+
+    /// Reads the feed with `filter` and returns SQLite's plan for the query.
+    fn cursor_read_plan(conn: &mut DbConnection, filter: &FeedFilter) -> Vec<String> {
+        let statements = Arc::new(Mutex::new(Vec::new()));
+        let seen = statements.clone();
+        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::StartQuery { query, .. } = event {
+                seen.lock().unwrap().push(query.to_string());
+            }
+        });
+        changes_after(conn, FeedPosition { txid: 0, seq: 10 }, filter, 100).unwrap();
+        conn.set_instrumentation(None::<Box<dyn Instrumentation>>);
+
+        let read = statements.lock().unwrap().iter().find(|sql| sql.contains("FROM `changes`")).cloned().unwrap();
+        // The plan is the same for any value, and diesel checks that every
+        // parameter is bound, so each becomes a literal.
+        let sql = read.split(" -- binds").next().unwrap().replace('?', "0");
+        let DbConnection::Sqlite(sqlite) = conn else { panic!("not a SQLite connection") };
+        let plan: Vec<PlanRow> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}")).load(sqlite).unwrap();
+        plan.into_iter().map(|row| row.detail).collect()
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct PlanRow {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
 }
