@@ -116,11 +116,27 @@ pub fn percentile_ms(sorted_micros: &[u64], fraction: f64) -> f64 {
 
 /// Counts of one task.
 #[derive(Default)]
-struct Tally {
-    ok: u64,
-    conflicts: u64,
-    errors: u64,
-    latencies: Vec<u64>,
+pub(crate) struct Tally {
+    pub ok: u64,
+    pub conflicts: u64,
+    pub errors: u64,
+    /// Microseconds per request, in the order they finished.
+    pub latencies: Vec<u64>,
+}
+
+impl Tally {
+    /// Adds the counts and latencies of another task.
+    pub(crate) fn add(&mut self, part: Tally) {
+        self.ok += part.ok;
+        self.conflicts += part.conflicts;
+        self.errors += part.errors;
+        self.latencies.extend(part.latencies);
+    }
+
+    pub(crate) fn into_outcome(mut self, scenario: Scenario, elapsed: Duration) -> Outcome {
+        self.latencies.sort_unstable();
+        Outcome { scenario, ok: self.ok, conflicts: self.conflicts, errors: self.errors, elapsed, latencies_micros: self.latencies, no_lost_update: None }
+    }
 }
 
 /// Creates `count` records and returns their ids.
@@ -161,17 +177,15 @@ pub async fn run(base: &str, scenario: Scenario, ids: &[String], clients: usize,
     }
     let mut tally = Tally::default();
     for task in tasks {
-        let part = task.await??;
-        tally.ok += part.ok;
-        tally.conflicts += part.conflicts;
-        tally.errors += part.errors;
-        tally.latencies.extend(part.latencies);
+        tally.add(task.await??);
     }
     let elapsed = started.elapsed();
 
-    let no_lost_update = if scenario == Scenario::UpdateHot { Some(state.verify(base).await?) } else { None };
-    tally.latencies.sort_unstable();
-    Ok(Outcome { scenario, ok: tally.ok, conflicts: tally.conflicts, errors: tally.errors, elapsed, latencies_micros: tally.latencies, no_lost_update })
+    let mut outcome = tally.into_outcome(scenario, elapsed);
+    if scenario == Scenario::UpdateHot {
+        outcome.no_lost_update = Some(state.verify(base).await?);
+    }
+    Ok(outcome)
 }
 
 struct Shared {
@@ -362,13 +376,7 @@ pub async fn db_limit(database_url: &str, ids: &[String], clients: usize, durati
     }
     let mut tally = Tally::default();
     for task in tasks {
-        let part = task.await?;
-        tally.ok += part.ok;
-        tally.conflicts += part.conflicts;
-        tally.errors += part.errors;
-        tally.latencies.extend(part.latencies);
+        tally.add(task.await?);
     }
-    let elapsed = started.elapsed();
-    tally.latencies.sort_unstable();
-    Ok(Outcome { scenario: Scenario::DbLimit, ok: tally.ok, conflicts: tally.conflicts, errors: tally.errors, elapsed, latencies_micros: tally.latencies, no_lost_update: None })
+    Ok(tally.into_outcome(Scenario::DbLimit, started.elapsed()))
 }
