@@ -19,13 +19,24 @@ pub enum Scenario {
     Read304,
     List,
     DbLimit,
+    DbStatement,
     Push,
 }
 
 impl Scenario {
     // The HTTP update scenarios run first, while every seeded record is at
     // version 1 and their version cache is right from the start.
-    const ALL: [Scenario; 8] = [Self::Update, Self::UpdateHot, Self::Create, Self::Read, Self::Read304, Self::List, Self::DbLimit, Self::Push];
+    const ALL: [Scenario; 9] = [
+        Self::Update,
+        Self::UpdateHot,
+        Self::Create,
+        Self::Read,
+        Self::Read304,
+        Self::List,
+        Self::DbLimit,
+        Self::DbStatement,
+        Self::Push,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -36,6 +47,7 @@ impl Scenario {
             Self::Read304 => "read-304",
             Self::List => "list",
             Self::DbLimit => "db-limit",
+            Self::DbStatement => "db-statement",
             Self::Push => "push",
         }
     }
@@ -74,7 +86,7 @@ impl Outcome {
     pub fn row(&self) -> String {
         let conflict_rate = if self.ok + self.conflicts > 0 { self.conflicts as f64 * 100.0 / (self.ok + self.conflicts) as f64 } else { 0.0 };
         let mut row = format!(
-            "{:<10} {:>9.0} ok/s  {:>5.1}% 409  errors {:<4} p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms",
+            "{:<12} {:>9.0} ok/s  {:>5.1}% 409  errors {:<4} p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms",
             self.scenario.name(),
             self.per_second(),
             conflict_rate,
@@ -285,7 +297,7 @@ async fn client_loop(base: &str, scenario: Scenario, state: &Shared, deadline: I
                 client.get(format!("{base}/v1/bench/{id}")).header("if-none-match", format!("\"{version}\"")).send().await
             }
             Scenario::List => client.get(format!("{base}/v1/bench?limit=50")).send().await,
-            Scenario::DbLimit | Scenario::Push => unreachable!("db-limit and push have runners of their own"),
+            Scenario::DbLimit | Scenario::DbStatement | Scenario::Push => unreachable!("db-limit, db-statement and push have runners of their own"),
         };
         let Ok(response) = response else {
             tally.errors += 1;
