@@ -57,8 +57,18 @@ fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_micros() as u64).unwrap_or_default()
 }
 
+/// The open SSE streams and what their readers collect.
+pub struct Subscription {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Request-to-delivery times in microseconds, from the sampled subscribers.
+    latencies: Arc<Mutex<Vec<u64>>>,
+    /// Events delivered to the sampled subscribers.
+    delivered: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
 /// Opens `subscribers` SSE streams and waits until each reports ready.
-pub async fn subscribe(base: &str, subscribers: usize) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<Mutex<Vec<u64>>>, Arc<AtomicU64>, Arc<AtomicBool>), BoxError> {
+pub async fn subscribe(base: &str, subscribers: usize) -> Result<Subscription, BoxError> {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -108,7 +118,7 @@ pub async fn subscribe(base: &str, subscribers: usize) -> Result<(Vec<tokio::tas
             return Err("subscribers did not all connect within 60 s".into());
         }
     }
-    Ok((tasks, latencies, delivered, stop))
+    Ok(Subscription { tasks, latencies, delivered, stop })
 }
 
 /// Writes at `rate` per second for `duration` while the subscribers read,
@@ -118,9 +128,9 @@ pub async fn run(
     subscribers: usize,
     rate: u32,
     duration: Duration,
-    subscription: (Vec<tokio::task::JoinHandle<()>>, Arc<Mutex<Vec<u64>>>, Arc<AtomicU64>, Arc<AtomicBool>),
+    subscription: Subscription,
 ) -> Result<PushOutcome, BoxError> {
-    let (tasks, latencies, delivered, stop) = subscription;
+    let Subscription { tasks, latencies, delivered, stop } = subscription;
     let client = reqwest::Client::new();
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
