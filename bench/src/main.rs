@@ -1,11 +1,13 @@
 //! `versa-bench`: starts a Versa server, loads it with named scenarios over
 //! HTTP/1.1 keep-alive from this machine, measures the database's own limit
-//! for the same write through the library without HTTP, and reports a
-//! table and a JSON file. All traffic goes to 127.0.0.1.
+//! for the same write through the library without HTTP and as single
+//! statements without the library, and reports a table and a JSON file.
+//! All traffic goes to 127.0.0.1.
 
 mod load;
 mod push;
 mod server;
+mod statement;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,7 +26,7 @@ struct Args {
     /// Database URL for the server; a fresh SQLite file when absent.
     #[arg(long)]
     database_url: Option<String>,
-    /// Comma-separated scenarios: update, update-hot, create, read, read-304, list, db-limit, or all.
+    /// Comma-separated scenarios: update, update-hot, create, read, read-304, list, db-limit, db-statement, push, or all.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Seconds each scenario runs.
@@ -82,6 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let cpu_before = server.cpu_seconds()?;
         let outcome = match scenario {
             Scenario::DbLimit => load::db_limit(&database_url, &ids, args.clients, duration).await?,
+            Scenario::DbStatement => statement::run(&database_url, &ids, args.clients, duration).await?,
             Scenario::UpdateHot => load::run(&base, scenario, &hot, args.clients, duration).await?,
             _ => load::run(&base, scenario, &ids, args.clients, duration).await?,
         };
@@ -92,14 +95,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         results.push(outcome);
     }
 
-    let ratio = ratio(&results);
+    let db_limit_ratio = update_ratio(&results, Scenario::DbLimit);
+    let statement_limit_ratio = update_ratio(&results, Scenario::DbStatement);
     let peak = server.peak_rss_mib()?;
     println!("peak RSS {peak:.1} MiB");
     if let Some(cpu) = update_cpu {
         println!("server CPU seconds per 1,000 committed updates: {cpu:.3}");
     }
-    if let Some(ratio) = ratio {
+    if let Some(ratio) = db_limit_ratio {
         println!("update over HTTP / direct database limit: {ratio:.2}");
+    }
+    if let Some(ratio) = statement_limit_ratio {
+        println!("update over HTTP / single-statement database limit: {ratio:.2}");
     }
 
     let report = json!({
@@ -111,7 +118,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "idle_rss_mib": server.idle_rss_mib,
         "peak_rss_mib": peak,
         "cpu_seconds_per_1000_updates": update_cpu,
-        "update_to_db_limit_ratio": ratio,
+        "update_to_db_limit_ratio": db_limit_ratio,
+        "update_to_statement_limit_ratio": statement_limit_ratio,
         "scenarios": results.iter().map(Outcome::to_json).collect::<Vec<Value>>(),
         "push": push_report,
     });
@@ -123,9 +131,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
-fn ratio(results: &[Outcome]) -> Option<f64> {
+/// Returns update ok/s divided by `limit` ok/s, when both ran and `limit`
+/// committed anything.
+fn update_ratio(results: &[Outcome], limit: Scenario) -> Option<f64> {
     let update = results.iter().find(|outcome| outcome.scenario == Scenario::Update)?;
-    let limit = results.iter().find(|outcome| outcome.scenario == Scenario::DbLimit)?;
+    let limit = results.iter().find(|outcome| outcome.scenario == limit)?;
     (limit.ok > 0).then(|| update.per_second() / limit.per_second())
 }
 

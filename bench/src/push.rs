@@ -1,9 +1,13 @@
 //! The push scenario: many SSE subscribers, a steady write rate, and the
 //! time from a write's request to its delivery to a sampled subscriber.
+//!
+//! The writer is open-loop. It sends one write per tick of a fixed
+//! schedule, each on its own task, so a slow response does not delay the
+//! next write.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -15,10 +19,21 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// the bottleneck.
 const MEASURED_SUBSCRIBERS: usize = 20;
 
+/// The maximum number of writes awaiting a response. A tick that finds this
+/// many in flight sends nothing and is counted as skipped, so the backlog
+/// of a server that cannot keep up stays bounded.
+const MAX_WRITES_IN_FLIGHT: usize = 64;
+
 pub struct PushOutcome {
     pub subscribers: usize,
+    pub target_writes_per_second: u32,
     pub writes_per_second: f64,
     pub written: u64,
+    /// Writes that failed or did not return 201.
+    pub failed: u64,
+    /// Ticks that sent nothing because `MAX_WRITES_IN_FLIGHT` writes were
+    /// awaiting a response.
+    pub skipped_ticks: u64,
     pub delivered: u64,
     latencies_micros: Vec<u64>,
 }
@@ -30,9 +45,13 @@ impl PushOutcome {
 
     pub fn row(&self) -> String {
         format!(
-            "push       {} subscribers, {:.0} writes/s: delivered {} of {} to the sampled subscribers, p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            "{:<12} {} subscribers, {:.0} writes/s of {} scheduled ({} failed, {} ticks skipped): delivered {} of {} to the sampled subscribers, p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            "push",
             self.subscribers,
             self.writes_per_second,
+            self.target_writes_per_second,
+            self.failed,
+            self.skipped_ticks,
             self.delivered,
             self.written * MEASURED_SUBSCRIBERS.min(self.subscribers) as u64,
             self.percentile(0.5),
@@ -45,8 +64,11 @@ impl PushOutcome {
         json!({
             "scenario": "push",
             "subscribers": self.subscribers,
+            "target_writes_per_second": self.target_writes_per_second,
             "writes_per_second": self.writes_per_second,
             "written": self.written,
+            "failed": self.failed,
+            "skipped_ticks": self.skipped_ticks,
             "delivered_to_sampled": self.delivered,
             "latency_ms": {"p50": self.percentile(0.5), "p99": self.percentile(0.99), "max": self.percentile(1.0)},
         })
@@ -57,8 +79,18 @@ fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_micros() as u64).unwrap_or_default()
 }
 
+/// The open SSE streams and what their readers collect.
+pub struct Subscription {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Request-to-delivery times in microseconds, from the sampled subscribers.
+    latencies: Arc<Mutex<Vec<u64>>>,
+    /// Events delivered to the sampled subscribers.
+    delivered: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
 /// Opens `subscribers` SSE streams and waits until each reports ready.
-pub async fn subscribe(base: &str, subscribers: usize) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<Mutex<Vec<u64>>>, Arc<AtomicU64>, Arc<AtomicBool>), BoxError> {
+pub async fn subscribe(base: &str, subscribers: usize) -> Result<Subscription, BoxError> {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -108,32 +140,65 @@ pub async fn subscribe(base: &str, subscribers: usize) -> Result<(Vec<tokio::tas
             return Err("subscribers did not all connect within 60 s".into());
         }
     }
-    Ok((tasks, latencies, delivered, stop))
+    Ok(Subscription { tasks, latencies, delivered, stop })
 }
 
-/// Writes at `rate` per second for `duration` while the subscribers read,
-/// then collects the delivery times.
+/// Writes on a fixed schedule of `rate` per second for `duration` while the
+/// subscribers read, then collects the delivery times. The achieved rate
+/// counts the writes that returned 201 over the time until the last
+/// response arrived.
 pub async fn run(
     base: &str,
     subscribers: usize,
     rate: u32,
     duration: Duration,
-    subscription: (Vec<tokio::task::JoinHandle<()>>, Arc<Mutex<Vec<u64>>>, Arc<AtomicU64>, Arc<AtomicBool>),
+    subscription: Subscription,
 ) -> Result<PushOutcome, BoxError> {
-    let (tasks, latencies, delivered, stop) = subscription;
+    let Subscription { tasks, latencies, delivered, stop } = subscription;
     let client = reqwest::Client::new();
-    let started = Instant::now();
+    let url = format!("{base}/v1/bench-push");
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT));
+    let written = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut skipped_ticks = 0u64;
+
+    // Each tick's time is computed from the start, not from the previous
+    // tick, so a late wake-up is made up at once and the schedule keeps
+    // its rate.
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut written = 0u64;
-    while started.elapsed() < duration {
-        ticks.tick().await;
-        let response = client.post(format!("{base}/v1/bench-push")).json(&json!({"sent_at_micros": now_micros()})).send().await?;
-        if response.status().as_u16() == 201 {
-            written += 1;
+    let started = tokio::time::Instant::now();
+    for tick in 0u32.. {
+        let due = started + interval * tick;
+        if due >= started + duration {
+            break;
         }
+        tokio::time::sleep_until(due).await;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            skipped_ticks += 1;
+            continue;
+        };
+        let (client, url, written, failed) = (client.clone(), url.clone(), written.clone(), failed.clone());
+        tokio::spawn(async move {
+            let created = match client.post(url).json(&json!({"sent_at_micros": now_micros()})).send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    // Reading the body to its end lets the connection go
+                    // back to the pool for a later write.
+                    response.bytes().await.is_ok() && status == 201
+                }
+                Err(_) => false,
+            };
+            if created {
+                written.fetch_add(1, Ordering::Relaxed);
+            } else {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
     }
+    // All permits are free again once every write has finished.
+    let _ = in_flight.acquire_many(MAX_WRITES_IN_FLIGHT as u32).await?;
+    let written = written.load(Ordering::Relaxed);
     let writes_per_second = written as f64 / started.elapsed().as_secs_f64();
 
     // Let the last changes arrive, then stop the readers.
@@ -145,5 +210,14 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut latencies_micros = std::mem::take(&mut *latencies.lock().await);
     latencies_micros.sort_unstable();
-    Ok(PushOutcome { subscribers, writes_per_second, written, delivered: delivered.load(Ordering::Relaxed), latencies_micros })
+    Ok(PushOutcome {
+        subscribers,
+        target_writes_per_second: rate,
+        writes_per_second,
+        written,
+        failed: failed.load(Ordering::Relaxed),
+        skipped_ticks,
+        delivered: delivered.load(Ordering::Relaxed),
+        latencies_micros,
+    })
 }
