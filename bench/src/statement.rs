@@ -24,9 +24,9 @@ use crate::load::{Outcome, Scenario, Tally};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-// NOTE: Versa's write also takes an advisory lock and sends `pg_notify`
-// in its transaction. Neither is part of this statement, so the figure is
-// the limit for the rows written, not for everything a Versa write does.
+// Versa's own write reads the record first and its statement also sends
+// `pg_notify`. Neither is part of this statement, so the figure is the
+// limit for the rows written, not for everything a Versa write does.
 const POSTGRES_WRITE: &str = "\
 WITH updated AS (
     UPDATE records SET version = version + 1, data = $3, updated_at = $4, updated_by = 'bench'
