@@ -55,6 +55,7 @@ impl Hub {
         });
         if let Some(url) = hub.db.url().postgres_url() {
             tokio::spawn(listener::listen(url.to_owned(), hub.wake.clone(), hub.listening.clone(), hub.shutdown.subscribe()));
+            tokio::spawn(listener::announce(hub.db.clone(), hub.shutdown.subscribe()));
         }
         tokio::spawn(hub.clone().run());
         Ok(hub)

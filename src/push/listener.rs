@@ -1,4 +1,5 @@
-//! The PostgreSQL wake-up: `LISTEN` on the changes channel, so that a
+//! The PostgreSQL wake-up: each instance announces its commits with a
+//! `NOTIFY` on the changes channel and keeps a `LISTEN` on it, so that a
 //! commit on any instance wakes every instance's feed reader at once.
 //! Notifications carry nothing; the change table stays the source of
 //! truth, and the reader polls faster while this connection is down.
@@ -11,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::storage::Database;
 use crate::storage::records::CHANGES_CHANNEL;
 
 /// How long to wait before reconnecting after the connection fails.
@@ -44,6 +46,28 @@ pub async fn listen(url: String, wake: Arc<Notify>, connected: Arc<AtomicBool>, 
         tokio::select! {
             _ = tokio::time::sleep(RECONNECT_DELAY) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Sends one notification after each burst of local commits, until
+/// shutdown. Commits that happen while a notification is being sent are
+/// announced by the next one, so a busy instance sends about one per round
+/// trip, not one per write.
+pub async fn announce(db: Database, mut shutdown: watch::Receiver<bool>) {
+    let committed = db.announce_signal();
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = committed.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(error) = db.announce_commits().await {
+            // Other instances still find the changes by polling.
+            failures += 1;
+            if failures % 60 == 1 {
+                tracing::warn!(error = %error, failures, "announcing commits to other instances failed; they will find them by polling");
+            }
         }
     }
 }

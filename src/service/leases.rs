@@ -246,6 +246,6 @@ fn announce(conn: &mut DbConnection, row: &LeaseRow, version: i64, operation: &s
             detail: Some(detail.to_string()),
         },
     )?;
-    records::notify_change(conn).map_err(ServiceError::from)
+    Ok(())
 }
 

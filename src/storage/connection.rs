@@ -192,6 +192,9 @@ pub struct Database {
     /// Signalled after every committed write transaction, so that this
     /// instance's change feed reader looks for new changes at once.
     committed: Arc<Notify>,
+    /// Signalled with `committed` on PostgreSQL, so that the commit is
+    /// announced to other instances (see [`Database::announce_commits`]).
+    to_announce: Arc<Notify>,
 }
 
 #[derive(Clone)]
@@ -223,14 +226,14 @@ impl Database {
         match url.backend {
             Backend::Postgres => {
                 let pool = build(pool_size.max(1))?;
-                Ok(Self { url: url.clone(), reader: pool.clone(), writer: Writer::Pool(pool), committed })
+                Ok(Self { url: url.clone(), reader: pool.clone(), writer: Writer::Pool(pool), committed, to_announce: Arc::default() })
             }
             Backend::Sqlite => {
                 let mut conn = manager.connect().map_err(|error| StorageError::Unavailable(Box::new(error)))?;
                 conn.batch_execute("PRAGMA journal_mode = WAL;")?;
                 let writer = GroupCommit::start(conn, manager.clone(), committed.clone())?;
                 let reader = build(pool_size.max(1))?;
-                Ok(Self { url: url.clone(), reader, writer: Writer::Group(writer), committed })
+                Ok(Self { url: url.clone(), reader, writer: Writer::Group(writer), committed, to_announce: Arc::default() })
             }
         }
     }
@@ -246,6 +249,29 @@ impl Database {
     /// Returns the signal raised after each committed write transaction.
     pub fn commit_signal(&self) -> Arc<Notify> {
         self.committed.clone()
+    }
+
+    /// Returns the signal raised after each committed write transaction on
+    /// PostgreSQL, for the task that announces commits to other instances.
+    pub fn announce_signal(&self) -> Arc<Notify> {
+        self.to_announce.clone()
+    }
+
+    fn signal_commit(&self) {
+        self.committed.notify_one();
+        self.to_announce.notify_one();
+    }
+
+    /// Tells the other instances on this PostgreSQL database that changes
+    /// were committed, outside any write. Does nothing on SQLite.
+    pub async fn announce_commits(&self) -> Result<(), StorageError> {
+        if self.backend() != Backend::Postgres {
+            return Ok(());
+        }
+        let pool = self.reader.clone();
+        actix_web::web::block(move || super::records::announce_changes(&mut *pool.get()?))
+            .await
+            .map_err(StorageError::from)?
     }
 
     /// Runs `task` on the blocking pool with a read connection.
@@ -286,7 +312,7 @@ impl Database {
                 .await
                 .map_err(StorageError::from)?;
                 if result.is_ok() {
-                    self.committed.notify_one();
+                    self.signal_commit();
                 }
                 result
             }
@@ -311,7 +337,7 @@ impl Database {
         .await
         .map_err(StorageError::from)?;
         if result.is_ok() {
-            self.committed.notify_one();
+            self.signal_commit();
         }
         result
     }

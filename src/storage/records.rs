@@ -26,11 +26,16 @@ pub fn lock_record(conn: &mut DbConnection, collection: &str, id: &str) -> Resul
 /// The channel on which PostgreSQL writers announce new changes.
 pub const CHANGES_CHANNEL: &str = "versa_changes";
 
-/// Announces a new change to every instance listening on PostgreSQL. The
-/// notification is delivered when the transaction commits and is only a
-/// wake-up: listeners read the change table for the changes themselves.
-/// PostgreSQL merges identical notifications of one transaction.
-pub fn notify_change(conn: &mut DbConnection) -> Result<(), StorageError> {
+/// Tells every instance listening on PostgreSQL that changes were
+/// committed. The notification is only a wake-up: listeners read the change
+/// table for the changes themselves.
+///
+/// It is sent after the writes commit, in a transaction of its own. A
+/// transaction that notifies takes a cluster-wide lock before it commits
+/// and keeps it until it ends (`PreCommit_Notify` in PostgreSQL's
+/// `async.c`). So notifying inside every write would make concurrent
+/// writes flush their commits one at a time.
+pub fn announce_changes(conn: &mut DbConnection) -> Result<(), StorageError> {
     if let DbConnection::Postgresql(pg) = conn {
         diesel::sql_query("SELECT pg_notify($1, '')").bind::<Text, _>(CHANGES_CHANNEL).execute(pg)?;
     }
@@ -105,7 +110,7 @@ pub fn write_version(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bo
     }
 }
 
-/// Update, revision, change, pruning and notification in one statement.
+/// Update, revision, change and pruning in one statement.
 /// Each data-modifying step reads the rows the update returned, so nothing
 /// happens when the version moved. Keeping every revision passes a cutoff
 /// of 0, which matches none.
@@ -124,7 +129,7 @@ WITH updated AS (
     DELETE FROM revisions
     WHERE collection = $1 AND record_id = $2 AND version < $11 AND EXISTS (SELECT 1 FROM updated)
 )
-SELECT version, CAST(pg_notify($12, '') AS TEXT) AS notified FROM updated";
+SELECT version FROM updated";
 
 #[derive(QueryableByName)]
 struct WrittenVersion {
@@ -146,7 +151,6 @@ fn write_version_postgres(pg: &mut diesel::PgConnection, new: &NewVersion<'_>) -
         .bind::<Text, _>(new.operation)
         .bind::<Text, _>(new.changed_fields)
         .bind::<BigInt, _>(new.keep_from.unwrap_or(0))
-        .bind::<Text, _>(CHANGES_CHANNEL)
         .load::<WrittenVersion>(pg)?;
     Ok(written.iter().any(|written| written.version == row.version))
 }
@@ -174,7 +178,7 @@ fn write_version_in_steps(conn: &mut DbConnection, new: &NewVersion<'_>) -> Resu
 }
 
 /// Appends the revision and the change of a version written in this
-/// transaction, and announces the change.
+/// transaction.
 pub fn append_history(conn: &mut DbConnection, row: &RecordRow, operation: &str, changed_fields: &str) -> Result<(), StorageError> {
     insert_revision(
         conn,
@@ -201,7 +205,7 @@ pub fn append_history(conn: &mut DbConnection, row: &RecordRow, operation: &str,
             detail: None,
         },
     )?;
-    notify_change(conn)
+    Ok(())
 }
 
 pub fn insert_revision(conn: &mut DbConnection, row: &RevisionRow) -> Result<(), StorageError> {

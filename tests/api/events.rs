@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{SseClient, TestApp, expect_problem};
+use crate::helpers::{Backend, SseClient, TestApp, expect_problem};
 
 both_backends!(
     events_resume_after_restart,
@@ -156,6 +156,32 @@ async fn events_reach_other_instances(app: TestApp) {
 
     assert_eq!(frame.data.unwrap()["payload"]["id"], created["id"]);
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+/// A commit on PostgreSQL is announced on the channel that every instance
+/// listens on. Without the announcement other instances would still find
+/// the change, but only at their next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commits_are_announced() {
+    use futures_util::StreamExt;
+
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (client, mut connection) = tokio_postgres::connect(&app.database_url(), tokio_postgres::NoTls).await.unwrap();
+    let (sender, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(notification) = message {
+                let _ = sender.send(notification.channel().to_owned());
+            }
+        }
+    });
+    client.batch_execute("LISTEN versa_changes").await.unwrap();
+
+    app.create("notes", json!({})).await;
+
+    let channel = tokio::time::timeout(std::time::Duration::from_secs(5), notifications.recv()).await;
+    assert_eq!(channel.expect("no notification within 5 s").as_deref(), Some("versa_changes"));
 }
 
 const PUSH_SETTINGS: &str = "[server]\nheartbeat_seconds = 1\n[database]\nchange_retention_seconds = 1\n";
