@@ -1,5 +1,8 @@
 //! Queries on records and their revisions.
 
+use diesel::connection::SimpleConnection;
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
@@ -35,9 +38,13 @@ pub const CHANGES_CHANNEL: &str = "versa_changes";
 /// and keeps it until it ends (`PreCommit_Notify` in PostgreSQL's
 /// `async.c`). So notifying inside every write would make concurrent
 /// writes flush their commits one at a time.
+///
+/// A notification is delivered at commit whether or not the commit record
+/// has reached the disk, and losing one in a crash costs only a poll, so
+/// the transaction does not wait for the flush and keeps the lock briefly.
 pub fn announce_changes(conn: &mut DbConnection) -> Result<(), StorageError> {
     if let DbConnection::Postgresql(pg) = conn {
-        diesel::sql_query("SELECT pg_notify($1, '')").bind::<Text, _>(CHANGES_CHANNEL).execute(pg)?;
+        pg.batch_execute(&format!("BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANGES_CHANNEL}; COMMIT;"))?;
     }
     Ok(())
 }
@@ -110,49 +117,78 @@ pub fn write_version(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bo
     }
 }
 
-/// Update, revision, change and pruning in one statement.
-/// Each data-modifying step reads the rows the update returned, so nothing
+/// Update, revision, change and pruning in one PostgreSQL statement. Each
+/// data-modifying step reads the rows the update returned, so nothing
 /// happens when the version moved. Keeping every revision passes a cutoff
 /// of 0, which matches none.
-const WRITE_VERSION_POSTGRES: &str = "\
-WITH updated AS (
-    UPDATE records SET version = $4, data = $5, deleted = $6, updated_at = $7, updated_by = $8
-    WHERE collection = $1 AND id = $2 AND version = $3
-    RETURNING collection, id, version, data, updated_at, updated_by
-), revision AS (
-    INSERT INTO revisions (collection, record_id, version, operation, data, changed_fields, principal, created_at)
-    SELECT collection, id, version, $9, data, $10, updated_by, updated_at FROM updated
-), change AS (
-    INSERT INTO changes (collection, record_id, version, operation, principal, changed_at)
-    SELECT collection, id, version, $9, updated_by, updated_at FROM updated
-), pruned AS (
-    DELETE FROM revisions
-    WHERE collection = $1 AND record_id = $2 AND version < $11 AND EXISTS (SELECT 1 FROM updated)
-)
-SELECT version FROM updated";
-
-#[derive(QueryableByName)]
-struct WrittenVersion {
-    #[diesel(sql_type = BigInt)]
-    version: i64,
+///
+/// It is a query type of its own, not `sql_query` text, because diesel
+/// prepares a query type once per connection and reuses the plan, while
+/// `sql_query` text is parsed and planned again on every write.
+struct WriteVersionStatement<'a> {
+    new: &'a NewVersion<'a>,
+    keep_from: i64,
 }
 
-fn write_version_postgres(pg: &mut diesel::PgConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
-    let row = new.row;
-    let written = diesel::sql_query(WRITE_VERSION_POSTGRES)
-        .bind::<Text, _>(&row.collection)
-        .bind::<Text, _>(&row.id)
-        .bind::<BigInt, _>(new.previous)
-        .bind::<BigInt, _>(row.version)
-        .bind::<Text, _>(&row.data)
-        .bind::<Bool, _>(row.deleted)
-        .bind::<Timestamp, _>(row.updated_at)
-        .bind::<Text, _>(&row.updated_by)
-        .bind::<Text, _>(new.operation)
-        .bind::<Text, _>(new.changed_fields)
-        .bind::<BigInt, _>(new.keep_from.unwrap_or(0))
-        .load::<WrittenVersion>(pg)?;
-    Ok(written.iter().any(|written| written.version == row.version))
+impl QueryId for WriteVersionStatement<'_> {
+    type QueryId = WriteVersionStatement<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for WriteVersionStatement<'_> {
+    type SqlType = BigInt;
+}
+
+impl<Conn> RunQueryDsl<Conn> for WriteVersionStatement<'_> {}
+
+impl QueryFragment<Pg> for WriteVersionStatement<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let (new, row) = (self.new, self.new.row);
+        out.push_sql("WITH updated AS (UPDATE records SET version = ");
+        out.push_bind_param::<BigInt, _>(&row.version)?;
+        out.push_sql(", data = ");
+        out.push_bind_param::<Text, _>(&row.data)?;
+        out.push_sql(", deleted = ");
+        out.push_bind_param::<Bool, _>(&row.deleted)?;
+        out.push_sql(", updated_at = ");
+        out.push_bind_param::<Timestamp, _>(&row.updated_at)?;
+        out.push_sql(", updated_by = ");
+        out.push_bind_param::<Text, _>(&row.updated_by)?;
+        out.push_sql(" WHERE collection = ");
+        out.push_bind_param::<Text, _>(&row.collection)?;
+        out.push_sql(" AND id = ");
+        out.push_bind_param::<Text, _>(&row.id)?;
+        out.push_sql(" AND version = ");
+        out.push_bind_param::<BigInt, _>(&new.previous)?;
+        out.push_sql(" RETURNING collection, id, version, data, updated_at, updated_by)");
+
+        out.push_sql(", revision AS (INSERT INTO revisions (collection, record_id, version, operation, data, changed_fields, principal, created_at) ");
+        out.push_sql("SELECT collection, id, version, ");
+        out.push_bind_param::<Text, _>(&new.operation)?;
+        out.push_sql(", data, ");
+        out.push_bind_param::<Text, _>(&new.changed_fields)?;
+        out.push_sql(", updated_by, updated_at FROM updated)");
+
+        out.push_sql(", change AS (INSERT INTO changes (collection, record_id, version, operation, principal, changed_at) ");
+        out.push_sql("SELECT collection, id, version, ");
+        out.push_bind_param::<Text, _>(&new.operation)?;
+        out.push_sql(", updated_by, updated_at FROM updated)");
+
+        out.push_sql(", pruned AS (DELETE FROM revisions WHERE collection = ");
+        out.push_bind_param::<Text, _>(&row.collection)?;
+        out.push_sql(" AND record_id = ");
+        out.push_bind_param::<Text, _>(&row.id)?;
+        out.push_sql(" AND version < ");
+        out.push_bind_param::<BigInt, _>(&self.keep_from)?;
+        out.push_sql(" AND EXISTS (SELECT 1 FROM updated)) SELECT version FROM updated");
+        Ok(())
+    }
+}
+
+fn write_version_postgres(pg: &mut PgConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
+    let statement = WriteVersionStatement { new, keep_from: new.keep_from.unwrap_or(0) };
+    let written: Vec<i64> = statement.load(pg)?;
+    Ok(written.contains(&new.row.version))
 }
 
 fn write_version_in_steps(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
