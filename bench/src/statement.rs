@@ -2,7 +2,7 @@
 //! Versa update writes (the conditional record update, its revision and its
 //! change), issued through diesel without Versa's write path.
 //!
-//! On PostgreSQL each write is one data-modifying CTE in autocommit, on one
+//! On PostgreSQL each write is one prepared data-modifying CTE in autocommit, on one
 //! connection per client. SQLite has no data-modifying CTE, so each write is
 //! the three statements in one `BEGIN IMMEDIATE` transaction on a single
 //! connection shared by all clients, as SQLite allows one writer at a time.
@@ -12,7 +12,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, Utc};
-use diesel::pg::PgConnection;
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
@@ -24,22 +25,52 @@ use crate::load::{Outcome, Scenario, Tally};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-// Versa's own write reads the record first and its statement also sends
-// `pg_notify`. Neither is part of this statement, so the figure is the
-// limit for the rows written, not for everything a Versa write does.
-const POSTGRES_WRITE: &str = "\
-WITH updated AS (
-    UPDATE records SET version = version + 1, data = $3, updated_at = $4, updated_by = 'bench'
-    WHERE collection = 'bench' AND id = $1 AND version = $2
-    RETURNING collection, id, version, data, updated_at, updated_by
-), revision AS (
-    INSERT INTO revisions (collection, record_id, version, operation, data, changed_fields, principal, created_at)
-    SELECT collection, id, version, 'updated', data, '[\"/count\"]', updated_by, updated_at FROM updated
-), change AS (
-    INSERT INTO changes (collection, record_id, version, operation, principal, changed_at)
-    SELECT collection, id, version, 'updated', updated_by, updated_at FROM updated
-)
-SELECT version FROM updated";
+/// The PostgreSQL write as a query type of its own, so that diesel
+/// prepares it once per connection as Versa does with its own statement,
+/// where `sql_query` text would be parsed and planned again on every write.
+///
+/// Versa's own write also reads the record first, which this statement
+/// does not, so the figure is the limit for the rows written, not for
+/// everything a Versa write does.
+struct PostgresWrite<'a> {
+    id: &'a str,
+    version: i64,
+    data: &'a str,
+    at: NaiveDateTime,
+}
+
+impl QueryId for PostgresWrite<'_> {
+    type QueryId = PostgresWrite<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for PostgresWrite<'_> {
+    type SqlType = BigInt;
+}
+
+impl<Conn> RunQueryDsl<Conn> for PostgresWrite<'_> {}
+
+impl QueryFragment<Pg> for PostgresWrite<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH updated AS (UPDATE records SET version = version + 1, data = ");
+        out.push_bind_param::<Text, _>(&self.data)?;
+        out.push_sql(", updated_at = ");
+        out.push_bind_param::<Timestamp, _>(&self.at)?;
+        out.push_sql(", updated_by = 'bench' WHERE collection = 'bench' AND id = ");
+        out.push_bind_param::<Text, _>(&self.id)?;
+        out.push_sql(" AND version = ");
+        out.push_bind_param::<BigInt, _>(&self.version)?;
+        out.push_sql(
+            " RETURNING collection, id, version, data, updated_at, updated_by), \
+             revision AS (INSERT INTO revisions (collection, record_id, version, operation, data, changed_fields, principal, created_at) \
+             SELECT collection, id, version, 'updated', data, '[\"/count\"]', updated_by, updated_at FROM updated), \
+             change AS (INSERT INTO changes (collection, record_id, version, operation, principal, changed_at) \
+             SELECT collection, id, version, 'updated', updated_by, updated_at FROM updated) \
+             SELECT version FROM updated",
+        );
+        Ok(())
+    }
+}
 
 // The SQLite statements number their parameters so that all three take the
 // same binds in the same order as the PostgreSQL statement: the record id,
@@ -93,14 +124,8 @@ struct PostgresTarget<'a>(&'a mut PgConnection);
 
 impl Target for PostgresTarget<'_> {
     fn write(&mut self, id: &str, version: i64, data: &str, at: NaiveDateTime) -> QueryResult<Option<i64>> {
-        let written = diesel::sql_query(POSTGRES_WRITE)
-            .bind::<Text, _>(id)
-            .bind::<BigInt, _>(version)
-            .bind::<Text, _>(data)
-            .bind::<Timestamp, _>(at)
-            .get_result::<WrittenVersion>(&mut *self.0)
-            .optional()?;
-        Ok(written.map(|row| row.version))
+        let written = PostgresWrite { id, version, data, at }.get_result::<i64>(&mut *self.0).optional()?;
+        Ok(written)
     }
 
     fn read_all(&mut self) -> QueryResult<Vec<StoredRecord>> {
