@@ -323,11 +323,12 @@ pub async fn write(
     }
 
     // On PostgreSQL each attempt is a read and a one-statement conditional
-    // write, without a transaction or the record lock. The write's first
-    // change is the record's own row, so the feed keeps the record's
-    // versions in order. An attempt that loses a race to another writer
-    // starts again from the newer version, where the version check (and a
-    // merge, where the collection allows one) decides afresh.
+    // write outside a transaction, and the statement takes the record lock
+    // only for itself. The write's first change is the record's own row, so
+    // the feed keeps the record's versions in order. An attempt that loses
+    // a race to another writer starts again from the newer version, where
+    // the version check (and a merge, where the collection allows one)
+    // decides afresh.
     for _ in 0..MAX_ATTEMPTS {
         let write = write.clone();
         if let Some(written) = db.write_autocommit(move |conn| attempt_write(conn, &write)).await? {
@@ -366,10 +367,10 @@ pub(crate) fn write_in_transaction(conn: &mut DbConnection, write: &RecordWrite)
     records::lock_record(conn, &write.collection, &write.id.to_key())?;
     match attempt_write(conn, write)? {
         Some(written) => Ok(written),
-        // SQLite has one writer, so only PostgreSQL gets here: a single
-        // write without the lock committed in between. This transaction may
-        // already have its id, so a retry here could put the record's
-        // versions out of order in the feed.
+        // Neither back end gets here: SQLite has one writer, and on
+        // PostgreSQL every write takes the record lock held here. Should it
+        // happen, this transaction may already have its id, so a retry here
+        // could put the record's versions out of order in the feed.
         None => Err(latest_conflict(conn, write)?),
     }
 }

@@ -122,6 +122,11 @@ pub fn write_version(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bo
 /// happens when the version moved. Keeping every revision passes a cutoff
 /// of 0, which matches none.
 ///
+/// The update first takes the record lock of [`lock_record`], so it waits
+/// for a batch that holds the record and never gets between a batch's read
+/// and its write. The row it then updates is the latest committed version,
+/// so a version that moved meanwhile fails the version check.
+///
 /// It is a query type of its own, not `sql_query` text, because diesel
 /// prepares a query type once per connection and reuses the plan, while
 /// `sql_query` text is parsed and planned again on every write.
@@ -144,7 +149,13 @@ impl<Conn> RunQueryDsl<Conn> for WriteVersionStatement<'_> {}
 impl QueryFragment<Pg> for WriteVersionStatement<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let (new, row) = (self.new, self.new.row);
-        out.push_sql("WITH updated AS (UPDATE records SET version = ");
+        out.push_sql("WITH locked AS (SELECT pg_advisory_xact_lock(hashtextextended(");
+        out.push_bind_param::<Text, _>(&row.collection)?;
+        out.push_sql(" || '/' || ");
+        out.push_bind_param::<Text, _>(&row.id)?;
+        out.push_sql(", 0)))");
+
+        out.push_sql(", updated AS (UPDATE records SET version = ");
         out.push_bind_param::<BigInt, _>(&row.version)?;
         out.push_sql(", data = ");
         out.push_bind_param::<Text, _>(&row.data)?;
@@ -160,7 +171,7 @@ impl QueryFragment<Pg> for WriteVersionStatement<'_> {
         out.push_bind_param::<Text, _>(&row.id)?;
         out.push_sql(" AND version = ");
         out.push_bind_param::<BigInt, _>(&new.previous)?;
-        out.push_sql(" RETURNING collection, id, version, data, updated_at, updated_by)");
+        out.push_sql(" AND EXISTS (SELECT 1 FROM locked) RETURNING collection, id, version, data, updated_at, updated_by)");
 
         out.push_sql(", revision AS (INSERT INTO revisions (collection, record_id, version, operation, data, changed_fields, principal, created_at) ");
         out.push_sql("SELECT collection, id, version, ");

@@ -43,6 +43,7 @@ both_backends!(
     stale_writes_that_never_merge,
     feed_rejects_undeclared_collection,
     concurrent_disjoint_writes_all_merge,
+    batch_merges_with_racing_writers,
 );
 
 /// Weak tags, JSON Patch `test` operations and deletes stay conflicts even
@@ -371,5 +372,35 @@ async fn concurrent_disjoint_writes_all_merge(app: TestApp) {
     assert_eq!(record["version"], WRITERS as i64 + 1);
     for n in 0..WRITERS {
         assert_eq!(record[format!("f{n}")], n + 1, "field f{n} in {record}");
+    }
+}
+
+/// An atomic batch and single writers all start from version 1 and change
+/// different fields: in a merging collection every one of them commits,
+/// whichever commits first.
+async fn batch_merges_with_racing_writers(app: TestApp) {
+    const WRITERS: usize = 6;
+    for round in 0..6 {
+        let created = app.create("drafts", json!({"round": round})).await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        let path = format!("/v1/drafts/{id}");
+
+        let mut requests: Vec<_> = (0..WRITERS)
+            .map(|n| {
+                app.request(Method::PATCH, &path)
+                    .header("content-type", "application/merge-patch+json")
+                    .header("if-match", "\"1\"")
+                    .body(json!({format!("single{n}"): n}).to_string())
+            })
+            .collect();
+        requests.push(app.request(Method::POST, "/v1/_batch").json(&json!({"atomic": true, "operations": [
+            {"op": "update", "collection": "drafts", "id": id, "version": 1, "patch": {"batch": round}},
+        ]})));
+        let statuses = send_together(requests).await;
+
+        assert!(statuses.iter().all(|status| *status == StatusCode::OK), "round {round}: {statuses:?}");
+        let record = app.read("drafts", &id).await;
+        assert_eq!(record["version"], WRITERS as i64 + 2);
+        assert_eq!(record["batch"], round);
     }
 }
