@@ -329,18 +329,21 @@ pub async fn write(
     // a race to another writer starts again from the newer version, where
     // the version check (and a merge, where the collection allows one)
     // decides afresh.
-    for _ in 0..MAX_ATTEMPTS {
+    for _ in 0..OPTIMISTIC_ATTEMPTS {
         let write = write.clone();
         if let Some(written) = db.write_autocommit(move |conn| attempt_write(conn, &write)).await? {
             return Ok(written);
         }
     }
-    db.read(move |conn| Err(latest_conflict(conn, &write)?)).await
+
+    // A record this contended is written in a transaction that holds the
+    // record lock from before its read, which no other write can pass.
+    db.write(move |conn| write_in_transaction(conn, &write)).await
 }
 
-/// How often a PostgreSQL write starts again after losing a race before it
-/// reports a conflict. Each lost race means another write committed.
-const MAX_ATTEMPTS: usize = 8;
+/// How often a PostgreSQL write tries without holding the record lock
+/// before it takes it. Each lost race means another write committed.
+const OPTIMISTIC_ATTEMPTS: usize = 4;
 
 /// A write to an existing record, ready to be attempted.
 pub(crate) struct RecordWrite {
