@@ -435,8 +435,15 @@ fn writer_stopped() -> StorageError {
 }
 
 fn run_writer(mut conn: DbConnection, manager: &Manager, queue: &std::sync::mpsc::Receiver<QueuedWrite>, committed: &Notify, counts: &GroupCounts) {
-    while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
+    let mut carried = Vec::new();
+    loop {
+        let mut group: Vec<QueuedWrite> = std::mem::take(&mut carried);
+        if group.is_empty() {
+            match queue.recv() {
+                Ok(first) => group.push(first),
+                Err(_) => return,
+            }
+        }
         while group.len() < MAX_GROUP {
             match queue.try_recv() {
                 Ok(next) => group.push(next),
@@ -446,38 +453,61 @@ fn run_writer(mut conn: DbConnection, manager: &Manager, queue: &std::sync::mpsc
         counts.transactions.fetch_add(1, Ordering::Relaxed);
         counts.writes.fetch_add(group.len() as u64, Ordering::Relaxed);
 
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_group(&mut conn, group)));
-        match outcome {
-            Ok(()) => committed.notify_one(),
-            Err(_) => {
-                // A panic left the connection's transaction state unknown.
-                // Dropping it rolls back; the waiting callers learn
-                // that the database is unavailable when their replies are
-                // dropped.
-                tracing::error!("a write panicked; its transaction was rolled back");
-                match manager.connect() {
-                    Ok(fresh) => conn = fresh,
-                    Err(error) => {
-                        tracing::error!(%error, "the SQLite writer cannot reconnect and stops");
-                        return;
-                    }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_group(&mut conn, group))) {
+            Ok(left_over) => {
+                committed.notify_one();
+                carried = left_over;
+                if !conn.is_broken() {
+                    continue;
                 }
+                tracing::error!("the SQLite write connection broke; reconnecting");
+            }
+            // Dropping the connection rolls the transaction back, and the
+            // callers learn that the database is unavailable when their
+            // replies are dropped.
+            Err(_) => tracing::error!("a write panicked; its transaction was rolled back"),
+        }
+        match manager.connect() {
+            Ok(fresh) => conn = fresh,
+            Err(error) => {
+                tracing::error!(%error, "the SQLite writer cannot reconnect and stops");
+                return;
             }
         }
     }
 }
 
-fn run_group(conn: &mut DbConnection, group: Vec<QueuedWrite>) {
+/// Runs `group` in one transaction and replies to each write's caller once it
+/// ends. Some errors (a full disk, an I/O error, `OR ROLLBACK`) make SQLite
+/// roll back the whole transaction. Then the writes already run fail with
+/// it, and the writes not yet run are returned, for the next transaction,
+/// so that none of them commits on its own behind its caller's back.
+fn run_group(conn: &mut DbConnection, group: Vec<QueuedWrite>) -> Vec<QueuedWrite> {
     let mut completions = Vec::with_capacity(group.len());
+    let mut writes = group.into_iter();
     let committed = conn.transaction::<_, diesel::result::Error, _>(|conn| {
-        for write in group {
+        for write in writes.by_ref() {
             completions.push(write(conn));
+            if !in_transaction(conn) {
+                break;
+            }
         }
         Ok(())
     });
+
     let outcome = committed.map_err(Arc::new);
     for complete in completions {
         complete(outcome.clone().map_err(StorageError::CommitFailed));
+    }
+    writes.collect()
+}
+
+/// Tells whether SQLite still has the connection's transaction open.
+fn in_transaction(conn: &mut DbConnection) -> bool {
+    match conn {
+        // SAFETY: the handle belongs to `conn`, which outlives the call.
+        DbConnection::Sqlite(sqlite) => unsafe { sqlite.with_raw_connection(|handle| libsqlite3_sys::sqlite3_get_autocommit(handle) == 0) },
+        DbConnection::Postgresql(_) => true,
     }
 }
 
@@ -553,6 +583,49 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, 3);
+    }
+
+    /// A write whose error makes SQLite roll back the whole shared
+    /// transaction takes the writes before it along, and the writes after
+    /// it commit in the next transaction.
+    #[tokio::test]
+    async fn group_rollback_fails_earlier_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::parse(&dir.path().join("rollback.db").display().to_string()).unwrap();
+        let db = Database::connect(&url, 2, Duration::from_secs(5)).unwrap();
+        db.with_writer_blocking(|conn| Ok(conn.batch_execute("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t (k) VALUES (9);")?)).unwrap();
+        let insert = |statement: &'static str| move |conn: &mut DbConnection| -> Result<usize, StorageError> { Ok(diesel::sql_query(statement).execute(conn)?) };
+
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = db.write(move |_conn| held.recv().map_err(|_| StorageError::Corrupt("release dropped".to_owned())));
+        let queued = async {
+            tokio::join!(
+                db.write(insert("INSERT INTO t (k) VALUES (1)")),
+                db.write(insert("INSERT OR ROLLBACK INTO t (k) VALUES (9)")),
+                db.write(insert("INSERT INTO t (k) VALUES (3)")),
+            )
+        };
+        let open = async {
+            tokio::task::yield_now().await;
+            release.send(()).unwrap();
+        };
+        let (_, (before, failing, after), ()) = tokio::join!(hold, queued, open);
+
+        assert!(matches!(before, Err(StorageError::CommitFailed(_))), "{before:?}");
+        assert!(failing.is_err());
+        assert_eq!(after.unwrap(), 1);
+        let keys = db
+            .read(|conn| {
+                #[derive(diesel::QueryableByName)]
+                struct Key {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    k: i64,
+                }
+                Ok::<_, StorageError>(diesel::sql_query("SELECT k FROM t ORDER BY k").load::<Key>(conn)?.into_iter().map(|key| key.k).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys, vec![3, 9]);
     }
 
     #[test]
