@@ -47,7 +47,7 @@ pub async fn stream(state: web::Data<AppState>, principal: Principal, req: HttpR
         }
         let message = messages.recv().await?;
         let last = matches!(message, PushMessage::Reset { .. } | PushMessage::Shutdown);
-        Some((Ok::<_, actix_web::Error>(Bytes::from(frame(&message))), (messages, last)))
+        Some((Ok::<_, actix_web::Error>(frame(&message)), (messages, last)))
     });
 
     Ok(HttpResponse::Ok()
@@ -57,18 +57,19 @@ pub async fn stream(state: web::Data<AppState>, principal: Principal, req: HttpR
         .streaming(body))
 }
 
-/// Formats one message as an SSE frame.
-fn frame(message: &PushMessage) -> String {
+/// Returns one message as an SSE frame.
+fn frame(message: &PushMessage) -> Bytes {
     match message {
-        PushMessage::Ready => ": ready\n\n".to_owned(),
-        PushMessage::Heartbeat => ": heartbeat\n\n".to_owned(),
-        PushMessage::Event(event) => format!("event: {}\nid: {}\ndata: {}\n\n", event.event_type, event.cursor, event.message),
-        PushMessage::Reset { reason, .. } => {
-            format!("event: reset\ndata: {}\n\n", json!({"type": "reset", "payload": {"reason": reason}, "cursor": null}))
-        }
-        PushMessage::Shutdown => format!(
+        PushMessage::Ready => Bytes::from_static(b": ready\n\n"),
+        PushMessage::Heartbeat => Bytes::from_static(b": heartbeat\n\n"),
+        PushMessage::Event(event) => event.sse_frame.clone(),
+        PushMessage::Reset { reason, .. } => Bytes::from(format!(
+            "event: reset\ndata: {}\n\n",
+            json!({"type": "reset", "payload": {"reason": reason}, "cursor": null})
+        )),
+        PushMessage::Shutdown => Bytes::from(format!(
             "event: shutdown\ndata: {}\n\n",
             json!({"type": "shutdown", "payload": {"reason": "the server is stopping; reconnect with the last cursor"}, "cursor": null})
-        ),
+        )),
     }
 }

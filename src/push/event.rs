@@ -20,6 +20,10 @@ pub struct PushEvent {
     pub cursor: String,
     /// The message as JSON text: `{"type", "payload", "cursor"}`.
     pub message: String,
+    /// The message as one Server-Sent Events frame. It is formatted here,
+    /// once, because every stream that receives the event sends the same
+    /// bytes.
+    pub sse_frame: bytes::Bytes,
     /// When the change was written.
     pub changed_at: chrono::DateTime<chrono::Utc>,
 }
@@ -44,6 +48,7 @@ fn build(conn: &mut DbConnection, row: &ChangeRow) -> Result<PushEvent, StorageE
         _ => (event_type, payload(conn, row)?),
     };
     let message = json!({"type": event_type, "payload": payload, "cursor": cursor}).to_string();
+    let sse_frame = bytes::Bytes::from(format!("event: {event_type}\nid: {cursor}\ndata: {message}\n\n"));
     Ok(PushEvent {
         position,
         collection: row.collection.clone(),
@@ -51,6 +56,7 @@ fn build(conn: &mut DbConnection, row: &ChangeRow) -> Result<PushEvent, StorageE
         event_type,
         cursor,
         message,
+        sse_frame,
         changed_at: row.changed_at.and_utc(),
     })
 }
