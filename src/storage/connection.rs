@@ -467,11 +467,23 @@ fn run_writer(mut conn: DbConnection, manager: &Manager, queue: &std::sync::mpsc
             // replies are dropped.
             Err(_) => tracing::error!("a write panicked; its transaction was rolled back"),
         }
+        conn = reconnect(manager);
+    }
+}
+
+/// Opens a new write connection, trying again every second until it
+/// succeeds. Queued writes wait meanwhile.
+fn reconnect(manager: &Manager) -> DbConnection {
+    let mut failures = 0u32;
+    loop {
         match manager.connect() {
-            Ok(fresh) => conn = fresh,
+            Ok(conn) => return conn,
             Err(error) => {
-                tracing::error!(%error, "the SQLite writer cannot reconnect and stops");
-                return;
+                failures += 1;
+                if failures % 60 == 1 {
+                    tracing::error!(%error, failures, "the SQLite writer cannot reconnect; retrying every second");
+                }
+                std::thread::sleep(Duration::from_secs(1));
             }
         }
     }
@@ -540,15 +552,22 @@ mod tests {
         assert_eq!(url.to_string(), "postgres://versa:***@db:5432/versa");
     }
 
+    /// Opens a fresh SQLite database in a temporary directory and runs
+    /// `schema` on it.
+    fn sqlite_database(schema: &str) -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::parse(&dir.path().join("test.db").display().to_string()).unwrap();
+        let db = Database::connect(&url, 2, Duration::from_secs(5)).unwrap();
+        db.with_writer_blocking(|conn| Ok(conn.batch_execute(schema)?)).unwrap();
+        (dir, db)
+    }
+
     /// Writes queued while the writer is busy share one transaction, and
     /// each keeps its own outcome: the failed one leaves nothing, the
     /// others commit.
     #[tokio::test]
     async fn group_commit_keeps_outcomes() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = DatabaseUrl::parse(&dir.path().join("group.db").display().to_string()).unwrap();
-        let db = Database::connect(&url, 2, Duration::from_secs(5)).unwrap();
-        db.with_writer_blocking(|conn| Ok(conn.batch_execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")?)).unwrap();
+        let (_dir, db) = sqlite_database("CREATE TABLE t (k INTEGER PRIMARY KEY)");
         let insert = |k: i32| {
             move |conn: &mut DbConnection| -> Result<usize, StorageError> {
                 Ok(diesel::sql_query(format!("INSERT INTO t (k) VALUES ({k})")).execute(conn)?)
@@ -590,10 +609,7 @@ mod tests {
     /// it commit in the next transaction.
     #[tokio::test]
     async fn group_rollback_fails_earlier_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = DatabaseUrl::parse(&dir.path().join("rollback.db").display().to_string()).unwrap();
-        let db = Database::connect(&url, 2, Duration::from_secs(5)).unwrap();
-        db.with_writer_blocking(|conn| Ok(conn.batch_execute("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t (k) VALUES (9);")?)).unwrap();
+        let (_dir, db) = sqlite_database("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t (k) VALUES (9);");
         let insert = |statement: &'static str| move |conn: &mut DbConnection| -> Result<usize, StorageError> { Ok(diesel::sql_query(statement).execute(conn)?) };
 
         let (release, held) = std::sync::mpsc::channel::<()>();
@@ -626,6 +642,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(keys, vec![3, 9]);
+    }
+
+    /// A write that panics reports the database unavailable, and the writer
+    /// goes on with a new connection.
+    #[tokio::test]
+    async fn writer_survives_panicking_write() {
+        let (_dir, db) = sqlite_database("CREATE TABLE t (k INTEGER PRIMARY KEY)");
+
+        let panicked = db.write(|_conn| -> Result<(), StorageError> { panic!("a write that panics") }).await;
+        let next = db.write(|conn| Ok::<_, StorageError>(diesel::sql_query("INSERT INTO t (k) VALUES (1)").execute(conn)?)).await;
+
+        assert!(matches!(panicked, Err(StorageError::Unavailable(_))), "{panicked:?}");
+        assert_eq!(next.unwrap(), 1);
     }
 
     #[test]

@@ -23,6 +23,23 @@ async fn metrics_are_served(app: TestApp) {
     assert!(text.contains("versa_push_subscribers 1"), "{text}");
     assert!(text.contains("versa_feed_lag_seconds "), "{text}");
     assert!(text.contains("versa_feed_oldest_transaction_seconds "), "{text}");
+
+    // SQLite writes go through the group-commit writer; PostgreSQL has none.
+    let writes = counter(&text, "versa_sqlite_writes_total");
+    let transactions = counter(&text, "versa_sqlite_write_transactions_total");
+    match app.backend {
+        crate::helpers::Backend::Sqlite => {
+            assert!(writes >= 1, "{text}");
+            assert!((1..=writes).contains(&transactions), "{text}");
+        }
+        crate::helpers::Backend::Postgres => assert_eq!((writes, transactions), (0, 0)),
+    }
+}
+
+/// Reads a counter without labels from a Prometheus text exposition.
+fn counter(text: &str, name: &str) -> u64 {
+    let line = text.lines().find(|line| line.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} missing from {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 async fn health_endpoints_answer(app: TestApp) {
