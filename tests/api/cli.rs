@@ -29,7 +29,8 @@ fn start_server(dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> 
         }
         line.clear();
     }
-    panic!("the server exited before listening");
+    let status = child.wait().unwrap();
+    panic!("the server exited with {status} before listening");
 }
 
 #[test]
