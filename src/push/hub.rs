@@ -132,7 +132,37 @@ impl Hub {
         }
     }
 
+    /// Moves the head to the newest change without loading any event, while
+    /// no one subscribes: the head is all that long polls and new
+    /// subscriptions need. Returns `false`, having moved nothing, when a
+    /// subscription started during the read.
+    ///
+    /// Subscribers are counted after the read. A subscription that starts
+    /// later gets every skipped change from its catch-up, because the
+    /// catch-up reads the table after it subscribed, and so after this read.
+    async fn skip_to_newest(&self) -> Result<bool, ServiceError> {
+        let newest = self.db.read(|conn| feed::newest(conn).map_err(ServiceError::from)).await?;
+        if self.events.receiver_count() != 0 {
+            return Ok(false);
+        }
+        if let Some((position, written)) = newest
+            && position > self.head()
+        {
+            self.record_lag(written.and_utc());
+            self.head.send_replace(position);
+        }
+        Ok(true)
+    }
+
+    fn record_lag(&self, written: chrono::DateTime<chrono::Utc>) {
+        let lag = crate::storage::models::now() - written;
+        self.lag.set(lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+    }
+
     async fn read_new(&self) -> Result<(), ServiceError> {
+        if self.events.receiver_count() == 0 && self.skip_to_newest().await? {
+            return Ok(());
+        }
         loop {
             let after = self.head();
             let events = self
@@ -143,8 +173,7 @@ impl Hub {
                 return Ok(());
             };
             if let Some(written) = events.last().map(|event| event.changed_at) {
-                let lag = crate::storage::models::now() - written;
-                self.lag.set(lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+                self.record_lag(written);
             }
             let full = events.len() as i64 == READ_BATCH;
             for event in events {

@@ -82,14 +82,23 @@ pub fn changes_after(conn: &mut DbConnection, after: FeedPosition, filter: &Feed
 /// Returns the position of the newest change readers can see, or the
 /// retention horizon when the feed is empty.
 pub fn end(conn: &mut DbConnection) -> Result<FeedPosition, StorageError> {
-    let mut newest = changes::table.order((changes::txid.desc(), changes::seq.desc())).select((changes::txid, changes::seq)).into_boxed();
+    match newest(conn)? {
+        Some((position, _)) => Ok(position),
+        None => horizon(conn),
+    }
+}
+
+/// Returns the position and time of the newest change readers can see.
+pub fn newest(conn: &mut DbConnection) -> Result<Option<(FeedPosition, NaiveDateTime)>, StorageError> {
+    let mut newest = changes::table
+        .order((changes::txid.desc(), changes::seq.desc()))
+        .select((changes::txid, changes::seq, changes::changed_at))
+        .into_boxed();
     if let DbConnection::Postgresql(_) = conn {
         newest = newest.filter(sql::<Bool>(VISIBLE_ON_POSTGRES));
     }
-    match newest.first::<(i64, i64)>(conn).optional()? {
-        Some((txid, seq)) => Ok(FeedPosition { txid, seq }),
-        None => horizon(conn),
-    }
+    let row = newest.first::<(i64, i64, NaiveDateTime)>(conn).optional()?;
+    Ok(row.map(|(txid, seq, changed_at)| (FeedPosition { txid, seq }, changed_at)))
 }
 
 /// Returns the position of the newest change removed by retention; a cursor
