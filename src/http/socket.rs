@@ -20,7 +20,7 @@ use crate::push::{self, PushMessage};
 use crate::service::ServiceError;
 use crate::service::leases;
 use crate::storage::Database;
-use crate::service::changes::decode_position;
+use crate::service::changes::{self, decode_position};
 use crate::storage::feed::FeedFilter;
 
 /// A client message.
@@ -156,7 +156,7 @@ async fn serve(state: Arc<AppState>, principal: Principal, mut session: Session,
                             Some(acquire_lease(&state, &principal, &mut held, &collection, &id, ttl_seconds).await)
                         }
                         Ok(ClientMessage::ReleaseLease { collection, id }) => Some(release_lease(&mut held, &collection, &id).await),
-                        parsed => handle_message(&state, &principal, parsed, &mut subscriptions, &sink),
+                        parsed => handle_message(&state, &principal, parsed, &mut subscriptions, &sink).await,
                     };
                     if let Some(reply) = reply
                         && session.text(reply.to_string()).await.is_err()
@@ -321,7 +321,7 @@ fn lease_error(target: &Value, error: ApiError) -> Value {
 
 /// Handles a subscription or ping message; returns the immediate reply, if
 /// any.
-fn handle_message(
+async fn handle_message(
     state: &Arc<AppState>,
     principal: &Principal,
     parsed: Result<ClientMessage, serde_json::Error>,
@@ -363,12 +363,12 @@ fn handle_message(
                 .and_then(|()| state.restrict_to_readable(principal, &mut filter))
                 .and_then(|()| since.as_deref().map(decode_position).transpose().map_err(ApiError::from));
             let since = match parsed {
-                Ok(since) => since,
-                Err(error) => {
-                    let (_, problem) = error.to_problem();
-                    let detail = problem["detail"].as_str().unwrap_or("The subscription is invalid.").to_owned();
-                    return Some(error_message(Some(&id), "invalid-subscription", &detail));
-                }
+                Ok(Some(since)) => match changes::check_resumable(&state.db, since).await {
+                    Ok(()) => Some(since),
+                    Err(error) => return Some(subscription_error(&id, ApiError::from(error))),
+                },
+                Ok(None) => None,
+                Err(error) => return Some(subscription_error(&id, error)),
             };
 
             let mut receiver = push::subscribe(state.hub.clone(), filter, since, state.settings.heartbeat);
@@ -402,6 +402,14 @@ fn push_json(subscription: &str, message: &PushMessage) -> Option<Value> {
         PushMessage::Reset { reason, .. } => Some(json!({"type": "reset", "subscription": subscription, "payload": {"reason": reason}})),
         PushMessage::Heartbeat | PushMessage::Shutdown => None,
     }
+}
+
+/// Reports a subscription the server cannot start, with the problem's
+/// detail as the message.
+fn subscription_error(subscription: &str, error: ApiError) -> Value {
+    let (_, problem) = error.to_problem();
+    let detail = problem["detail"].as_str().unwrap_or("The subscription is invalid.").to_owned();
+    error_message(Some(subscription), "invalid-subscription", &detail)
 }
 
 fn error_message(subscription: Option<&str>, code: &str, message: &str) -> Value {

@@ -91,6 +91,8 @@ async fn socket_reports_bad_messages(app: TestApp) {
         (json!({"type": "dance"}), "invalid-message"),
         (json!({"type": "subscribe", "id": "x", "collections": ["Bad"]}), "invalid-subscription"),
         (json!({"type": "subscribe", "id": "x", "since": "nope"}), "invalid-subscription"),
+        // A well-formed cursor past the end of the feed, which no server issued.
+        (json!({"type": "subscribe", "id": "x", "since": "Yzo5OTk5OTk5OTk5OTk6MQ"}), "invalid-subscription"),
         (json!({"type": "unsubscribe", "id": "missing"}), "unknown-subscription"),
     ];
     for (message, code) in cases {
