@@ -59,11 +59,32 @@ pub async fn get(state: web::Data<AppState>, path: RecordPath, preconditions: Pr
 }
 
 /// Formats the active lease for the `Versa-Lease` header:
-/// `holder="alice", expires_at="2026-12-04T20:00:00.000000Z"`.
+/// `holder="alice", expires_at="2026-12-04T20:00:00.000000Z"`. A holder's
+/// name outside visible ASCII cannot be quoted in a header, so it is sent
+/// as an RFC 8187 extended value: `holder*=UTF-8''%C3%89lise`.
 fn lease_header(lease: &leases::Lease) -> String {
-    let holder = lease.holder.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("holder=\"{holder}\", expires_at=\"{}\"", format_timestamp(lease.expires_at))
+    let holder = if lease.holder.bytes().all(|byte| byte.is_ascii_graphic() || byte == b' ') {
+        format!("holder=\"{}\"", lease.holder.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        format!("holder*=UTF-8''{}", percent_encoding::utf8_percent_encode(&lease.holder, ATTR_CHAR))
+    };
+    format!("{holder}, expires_at=\"{}\"", format_timestamp(lease.expires_at))
 }
+
+/// The characters RFC 8187 leaves unencoded in an extended value.
+const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
 
 /// `PUT /v1/{collection}/{id}`: replaces the record, or with
 /// `If-None-Match: *` creates it at this id.

@@ -299,11 +299,29 @@ principal = "ada"
 sha256 = "10a4c7c9fc5206d6f36dc6944a81bb6f4a3cb0e25014ae3b12e6c3e52712292a"
 roles = ["admin"]
 
+[[auth.tokens]]
+principal = "Élise"
+sha256 = "52219d01565c550f324484fe4e7ef268785bbd2e03966bc276f7260641ad3f80"
+roles = ["editor"]
+
 [collections.notes]
 break_leases = ["admin"]
 "#;
 
-both_backends!(config = LEASES_WITH_AUTH; breaking_needs_the_role);
+both_backends!(config = LEASES_WITH_AUTH; breaking_needs_the_role, non_ascii_holder_is_encoded);
+
+/// Sends a holder's name outside ASCII percent-encoded as UTF-8 (RFC 8187),
+/// because a quoted header value cannot carry it.
+async fn non_ascii_holder_is_encoded(app: TestApp) {
+    let created: Value = app.request(Method::POST, "/v1/notes").bearer_auth("elise-token").json(&json!({})).send().await.unwrap().json().await.unwrap();
+    let path = format!("/v1/notes/{}", created["id"].as_str().unwrap());
+    let lease: Value = app.request(Method::POST, &format!("{path}/lease")).bearer_auth("elise-token").send().await.unwrap().json().await.unwrap();
+
+    let read = app.request(Method::GET, &path).bearer_auth("editor-token").send().await.unwrap();
+
+    let expected = format!("holder*=UTF-8''%C3%89lise, expires_at=\"{}\"", lease["expires_at"].as_str().unwrap());
+    assert_eq!(header(&read, "versa-lease"), expected);
+}
 
 async fn breaking_needs_the_role(app: TestApp) {
     let created: Value = app.request(Method::POST, "/v1/notes").bearer_auth("editor-token").json(&json!({})).send().await.unwrap().json().await.unwrap();
