@@ -8,7 +8,8 @@ use super::RecordId;
 
 /// Server-managed members. In a request body they are ignored, except
 /// `version` (the expected version) and `id` (must equal the URL's id).
-pub const RESERVED_MEMBERS: [&str; 6] = ["id", "version", "created_at", "updated_at", "created_by", "updated_by"];
+/// `deleted` marks a tombstone, so a live record must never carry it.
+pub const RESERVED_MEMBERS: [&str; 7] = ["id", "version", "created_at", "updated_at", "created_by", "updated_by", "deleted"];
 
 /// A record's user fields: the JSON object without reserved members.
 pub type Fields = Map<String, Value>;

@@ -59,9 +59,11 @@ async fn stale_writes_that_never_merge(app: TestApp) {
     let response = app.send(Method::PATCH, &path, "application/json-patch+json", &tested, &[("if-match", "\"1\"")]).await;
     expect_problem(response, StatusCode::CONFLICT, "version-conflict").await;
 
-    let reserved = json!([{"op": "replace", "path": "/created_by", "value": "x"}]);
-    let response = app.send(Method::PATCH, &path, "application/json-patch+json", &reserved, &[("if-match", "\"1\"")]).await;
-    expect_problem(response, StatusCode::BAD_REQUEST, "patch-failed").await;
+    for member in ["/created_by", "/deleted"] {
+        let reserved = json!([{"op": "add", "path": member, "value": "x"}]);
+        let response = app.send(Method::PATCH, &path, "application/json-patch+json", &reserved, &[("if-match", "\"1\"")]).await;
+        expect_problem(response, StatusCode::BAD_REQUEST, "patch-failed").await;
+    }
 
     let untested = json!([{"op": "replace", "path": "/title", "value": "merged"}]);
     let response = app.send(Method::PATCH, &path, "application/json-patch+json", &untested, &[("if-match", "\"1\"")]).await;

@@ -101,7 +101,7 @@ async fn put_replaces_and_ignores_server_members(app: TestApp) {
     let id = created["id"].as_str().unwrap();
     let path = format!("/v1/notes/{id}");
 
-    let replacement = json!({"title": "z", "created_by": "mallory", "created_at": "1999-01-01T00:00:00Z", "version": 1});
+    let replacement = json!({"title": "z", "created_by": "mallory", "created_at": "1999-01-01T00:00:00Z", "deleted": true, "version": 1});
     let response = app.send(Method::PUT, &path, "application/json", &replacement, &[]).await;
 
     assert_eq!(response.status(), StatusCode::OK);
@@ -112,6 +112,7 @@ async fn put_replaces_and_ignores_server_members(app: TestApp) {
     assert_eq!(body.get("body"), None);
     assert_eq!(body["created_by"], "anonymous");
     assert_eq!(body["created_at"], created["created_at"]);
+    assert_eq!(body.get("deleted"), None);
     assert_eq!(app.read("notes", id).await, body);
 }
 
