@@ -19,8 +19,11 @@ use super::{DbConnection, StorageError};
 /// order. SQLite has one writer at a time and needs nothing.
 pub fn lock_record(conn: &mut DbConnection, collection: &str, id: &str) -> Result<(), StorageError> {
     if let DbConnection::Postgresql(pg) = conn {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind::<Text, _>(format!("{collection}/{id}"))
+        // The write statement computes the same key in SQL (see
+        // `WriteVersionStatement`), so the two lock the same record.
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+            .bind::<Text, _>(collection)
+            .bind::<Text, _>(id)
             .execute(pg)?;
     }
     Ok(())
