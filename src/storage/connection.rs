@@ -268,10 +268,7 @@ impl Database {
         if self.backend() != Backend::Postgres {
             return Ok(());
         }
-        let pool = self.reader.clone();
-        actix_web::web::block(move || super::records::announce_changes(&mut *pool.get()?))
-            .await
-            .map_err(StorageError::from)?
+        on_pool(&self.reader, super::records::announce_changes).await
     }
 
     /// Runs `task` on the blocking pool with a read connection.
@@ -281,13 +278,7 @@ impl Database {
         T: Send + 'static,
         E: From<StorageError> + Send + 'static,
     {
-        let pool = self.reader.clone();
-        actix_web::web::block(move || {
-            let mut conn = pool.get().map_err(StorageError::from)?;
-            task(&mut conn)
-        })
-        .await
-        .map_err(StorageError::from)?
+        on_pool(&self.reader, task).await
     }
 
     /// Runs `task` inside one transaction on a write connection, and an
@@ -300,23 +291,14 @@ impl Database {
         T: Send + 'static,
         E: From<StorageError> + From<diesel::result::Error> + Send + 'static,
     {
-        match &self.writer {
-            Writer::Group(group) => group.write(task).await,
-            Writer::Pool(pool) => {
-                let pool = pool.clone();
-                let result = actix_web::web::block(move || {
-                    let mut conn = pool.get().map_err(StorageError::from)?;
-                    let conn: &mut DbConnection = &mut conn;
-                    conn.transaction(task)
-                })
-                .await
-                .map_err(StorageError::from)?;
-                if result.is_ok() {
-                    self.signal_commit();
-                }
-                result
-            }
+        let result = match &self.writer {
+            Writer::Group(group) => return group.write(task).await,
+            Writer::Pool(pool) => on_pool(pool, |conn| conn.transaction(task)).await,
+        };
+        if result.is_ok() {
+            self.signal_commit();
         }
+        result
     }
 
     /// Runs `task` on a write connection outside any transaction, so each
@@ -329,13 +311,7 @@ impl Database {
         E: From<StorageError> + From<diesel::result::Error> + Send + 'static,
     {
         let Writer::Pool(pool) = &self.writer else { return self.write(task).await };
-        let pool = pool.clone();
-        let result = actix_web::web::block(move || {
-            let mut conn = pool.get().map_err(StorageError::from)?;
-            task(&mut conn)
-        })
-        .await
-        .map_err(StorageError::from)?;
+        let result = on_pool(pool, task).await;
         if result.is_ok() {
             self.signal_commit();
         }
@@ -360,6 +336,22 @@ impl Database {
         };
         task(&mut conn)
     }
+}
+
+/// Runs `task` on the blocking thread pool with a connection from `pool`.
+async fn on_pool<T, E, F>(pool: &DbPool, task: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<StorageError> + Send + 'static,
+{
+    let pool = pool.clone();
+    actix_web::web::block(move || {
+        let mut conn = pool.get().map_err(StorageError::from)?;
+        task(&mut conn)
+    })
+    .await
+    .map_err(StorageError::from)?
 }
 
 /// The maximum number of queued writes in one SQLite transaction.
@@ -494,6 +486,9 @@ fn reconnect(manager: &Manager) -> DbConnection {
 /// roll back the whole transaction. Then the writes already run fail with
 /// it, and the writes not yet run are returned, for the next transaction,
 /// so that none of them commits on its own behind its caller's back.
+// NOTE: a write refused with 409 may report an earlier write of its group
+// as the current version. If the group then fails to commit, that version
+// never existed, but the caller still gets that 409.
 fn run_group(conn: &mut DbConnection, group: Vec<QueuedWrite>) -> Vec<QueuedWrite> {
     let mut completions = Vec::with_capacity(group.len());
     let mut writes = group.into_iter();
