@@ -27,6 +27,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub backend: Backend,
     database_url: String,
+    /// The PostgreSQL database this server created, dropped after the test
+    /// so that a whole run does not fill the test cluster's disk.
+    created_database: Option<String>,
     _dir: TempDir,
 }
 
@@ -85,20 +88,31 @@ impl TestApp {
     /// SQLite database's folder.
     pub async fn restart_with_config(&self, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        Self::start_on(self.backend, self.database_url.clone(), dir, Some(config), |_| {}).await
+        Self::start_on(self.backend, self.database_url.clone(), None, dir, Some(config), |_| {}).await
     }
 
     async fn start(backend: Backend, config: Option<&str>, customize: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let database_url = match backend {
-            Backend::Sqlite => format!("sqlite://{}", dir.path().join("versa.db").display()),
-            Backend::Postgres => create_postgres_database().await,
+        let (database_url, created_database) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("versa.db").display()), None),
+            Backend::Postgres => {
+                let url = create_postgres_database().await;
+                let name = url.rsplit_once('/').map(|(_, name)| name.to_owned());
+                (url, name)
+            }
         };
-        Self::start_on(backend, database_url, dir, config, customize).await
+        Self::start_on(backend, database_url, created_database, dir, config, customize).await
     }
 
     /// Starts a server on `database_url`, keeping its files in `dir`.
-    async fn start_on(backend: Backend, database_url: String, dir: TempDir, config: Option<&str>, customize: impl FnOnce(&mut Settings)) -> Self {
+    async fn start_on(
+        backend: Backend,
+        database_url: String,
+        created_database: Option<String>,
+        dir: TempDir,
+        config: Option<&str>,
+        customize: impl FnOnce(&mut Settings),
+    ) -> Self {
         let config_path = config.map(|text| {
             let path = dir.path().join("versa.toml");
             std::fs::write(&path, text).expect("write the configuration file");
@@ -116,7 +130,7 @@ impl TestApp {
         tokio::spawn(application.run());
 
         let client = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("HTTP client");
-        Self { address, client, backend, database_url, _dir: dir }
+        Self { address, client, backend, database_url, created_database, _dir: dir }
     }
 
     pub fn database_url(&self) -> String {
@@ -237,6 +251,28 @@ pub async fn expect_problem(response: Response, status: StatusCode, kind: &str) 
 
 pub fn header(response: &Response, name: &str) -> String {
     response.headers().get(name).map(|value| value.to_str().unwrap_or_default().to_owned()).unwrap_or_default()
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let Some(name) = self.created_database.take() else { return };
+        let Ok(admin_url) = std::env::var(POSTGRES_URL_VARIABLE) else { return };
+
+        // Dropping now would leave the server's background tasks waiting
+        // for connections to a database that is gone, and the test's
+        // runtime waits for them when it ends. A detached thread drops it
+        // once the runtime is gone; the last few of a run stay behind
+        // until scripts/test removes the cluster.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            let dropped = diesel::pg::PgConnection::establish(&admin_url).map_err(|error| error.to_string()).and_then(|mut conn| {
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).map_err(|error| error.to_string())
+            });
+            if let Err(error) = dropped {
+                eprintln!("could not drop the test database {name}: {error}");
+            }
+        });
+    }
 }
 
 /// Creates an empty database in the test cluster and returns its URL.
