@@ -66,6 +66,12 @@ async fn follow(
     let mut client_blocked = false;
     let mut shutdown = hub.shutdown_signal();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    // Both waits live across the loop. Made anew for each event they would
+    // leave and rejoin the waiter lists on every change, and the shutdown
+    // list is shared by every subscriber of the instance.
+    let stopping = shutdown.changed();
+    let client_left = sink.closed();
+    tokio::pin!(stopping, client_left);
     loop {
         let message = tokio::select! {
             received = live.recv() => match received {
@@ -92,11 +98,11 @@ async fn follow(
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             _ = ticks.tick() => PushMessage::Heartbeat,
-            _ = shutdown.changed() => {
+            _ = &mut stopping => {
                 let _ = sink.send(PushMessage::Shutdown).await;
                 return Ok(());
             }
-            _ = sink.closed() => return Ok(()),
+            () = &mut client_left => return Ok(()),
         };
         // A full queue means the client reads slower than changes arrive.
         // Waiting here lets the live stream lag, which ends in a reset
