@@ -14,6 +14,7 @@ pub mod migrations;
 pub mod models;
 pub mod records;
 pub mod schema;
+mod sqlite_writes;
 
 pub use connection::{Backend, Database, DatabaseUrl, DbConnection};
 pub use error::StorageError;

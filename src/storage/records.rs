@@ -2,12 +2,17 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::{Pg, PgConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::HasSqlType;
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
 
 use super::connection::MultiBackend;
+use super::sqlite_writes;
 use super::models::{LeaseRow, NewChange, RecordRow, RevisionRow};
 use super::schema::{changes, leases, records, revisions};
 use super::{DbConnection, StorageError};
@@ -53,6 +58,9 @@ pub fn announce_changes(conn: &mut DbConnection) -> Result<(), StorageError> {
 }
 
 pub fn find(conn: &mut DbConnection, collection: &str, id: &str) -> Result<Option<RecordRow>, StorageError> {
+    if let DbConnection::Sqlite(sqlite) = conn {
+        return Ok(sqlite_writes::find(sqlite, collection, id)?);
+    }
     Ok(records::table
         .find((collection, id))
         .select(RecordRow::as_select())
@@ -116,7 +124,7 @@ pub struct NewVersion<'a> {
 pub fn write_version(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
     match conn {
         DbConnection::Postgresql(pg) => write_version_postgres(pg, new),
-        DbConnection::Sqlite(_) => write_version_in_steps(conn, new),
+        DbConnection::Sqlite(sqlite) => write_version_sqlite(sqlite, new),
     }
 }
 
@@ -158,22 +166,8 @@ impl QueryFragment<Pg> for WriteVersionStatement<'_> {
         out.push_bind_param::<Text, _>(&row.id)?;
         out.push_sql(", 0)))");
 
-        out.push_sql(", updated AS (UPDATE records SET version = ");
-        out.push_bind_param::<BigInt, _>(&row.version)?;
-        out.push_sql(", data = ");
-        out.push_bind_param::<Text, _>(&row.data)?;
-        out.push_sql(", deleted = ");
-        out.push_bind_param::<Bool, _>(&row.deleted)?;
-        out.push_sql(", updated_at = ");
-        out.push_bind_param::<Timestamp, _>(&row.updated_at)?;
-        out.push_sql(", updated_by = ");
-        out.push_bind_param::<Text, _>(&row.updated_by)?;
-        out.push_sql(" WHERE collection = ");
-        out.push_bind_param::<Text, _>(&row.collection)?;
-        out.push_sql(" AND id = ");
-        out.push_bind_param::<Text, _>(&row.id)?;
-        out.push_sql(" AND version = ");
-        out.push_bind_param::<BigInt, _>(&new.previous)?;
+        out.push_sql(", updated AS (");
+        push_version_update(&mut out, new)?;
         out.push_sql(" AND EXISTS (SELECT 1 FROM locked) RETURNING collection, id, version, data, updated_at, updated_by)");
 
         out.push_sql(", revision AS (INSERT INTO revisions (collection, record_id, version, operation, data, changed_fields, principal, created_at) ");
@@ -199,30 +193,57 @@ impl QueryFragment<Pg> for WriteVersionStatement<'_> {
     }
 }
 
+/// Writes the conditional UPDATE that moves a record from `new.previous` to
+/// its new version, the same on both back ends.
+pub(super) fn push_version_update<'b, DB>(out: &mut AstPass<'_, 'b, DB>, new: &'b NewVersion<'_>) -> QueryResult<()>
+where
+    DB: Backend + HasSqlType<Text> + HasSqlType<BigInt> + HasSqlType<Bool> + HasSqlType<Timestamp>,
+    String: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
+    bool: ToSql<Bool, DB>,
+    chrono::NaiveDateTime: ToSql<Timestamp, DB>,
+{
+    let row = new.row;
+    out.push_sql("UPDATE records SET version = ");
+    out.push_bind_param::<BigInt, _>(&row.version)?;
+    out.push_sql(", data = ");
+    out.push_bind_param::<Text, _>(&row.data)?;
+    out.push_sql(", deleted = ");
+    out.push_bind_param::<Bool, _>(&row.deleted)?;
+    out.push_sql(", updated_at = ");
+    out.push_bind_param::<Timestamp, _>(&row.updated_at)?;
+    out.push_sql(", updated_by = ");
+    out.push_bind_param::<Text, _>(&row.updated_by)?;
+    out.push_sql(" WHERE collection = ");
+    out.push_bind_param::<Text, _>(&row.collection)?;
+    out.push_sql(" AND id = ");
+    out.push_bind_param::<Text, _>(&row.id)?;
+    out.push_sql(" AND version = ");
+    out.push_bind_param::<BigInt, _>(&new.previous)?;
+    Ok(())
+}
+
 fn write_version_postgres(pg: &mut PgConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
     let statement = WriteVersionStatement { new, keep_from: new.keep_from.unwrap_or(0) };
     let written: Vec<i64> = statement.load(pg)?;
     Ok(written.contains(&new.row.version))
 }
 
-fn write_version_in_steps(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
-    let row = new.row;
-    let updated = diesel::update(records::table.find((&row.collection, &row.id)).filter(records::version.eq(new.previous)))
-        .set((
-            records::version.eq(row.version),
-            records::data.eq(&row.data),
-            records::deleted.eq(row.deleted),
-            records::updated_at.eq(row.updated_at),
-            records::updated_by.eq(&row.updated_by),
-        ))
-        .execute(conn)?;
-    if updated != 1 {
+fn write_version_sqlite(sqlite: &mut SqliteConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
+    if !sqlite_writes::update_version(sqlite, new)? {
         return Ok(false);
     }
 
-    append_history(conn, row, new.operation, new.changed_fields)?;
+    sqlite_writes::append_history(sqlite, new.row, new.operation, new.changed_fields)?;
     if let Some(keep_from) = new.keep_from {
-        delete_revisions_before(conn, &row.collection, &row.id, keep_from)?;
+        let row = new.row;
+        diesel::delete(
+            revisions::table
+                .filter(revisions::collection.eq(&row.collection))
+                .filter(revisions::record_id.eq(&row.id))
+                .filter(revisions::version.lt(keep_from)),
+        )
+        .execute(sqlite)?;
     }
     Ok(true)
 }
@@ -230,6 +251,9 @@ fn write_version_in_steps(conn: &mut DbConnection, new: &NewVersion<'_>) -> Resu
 /// Appends the revision and the change of a version written in this
 /// transaction.
 pub fn append_history(conn: &mut DbConnection, row: &RecordRow, operation: &str, changed_fields: &str) -> Result<(), StorageError> {
+    if let DbConnection::Sqlite(sqlite) = conn {
+        return Ok(sqlite_writes::append_history(sqlite, row, operation, changed_fields)?);
+    }
     insert_revision(
         conn,
         &RevisionRow {
