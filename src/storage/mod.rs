@@ -14,7 +14,7 @@ pub mod migrations;
 pub mod models;
 pub mod records;
 pub mod schema;
-mod sqlite_writes;
+mod statements;
 
 pub use connection::{Backend, Database, DatabaseUrl, DbConnection};
 pub use error::StorageError;

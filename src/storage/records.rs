@@ -2,7 +2,6 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::{Pg, PgConnection};
-use diesel::sqlite::SqliteConnection;
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
@@ -12,9 +11,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
 
 use super::connection::MultiBackend;
-use super::sqlite_writes;
+use super::statements;
 use super::models::{LeaseRow, NewChange, RecordRow, RevisionRow};
-use super::schema::{changes, leases, records, revisions};
+use super::schema::{changes, records, revisions};
 use super::{DbConnection, StorageError};
 
 /// Serializes writers of one record on PostgreSQL until the transaction
@@ -58,14 +57,7 @@ pub fn announce_changes(conn: &mut DbConnection) -> Result<(), StorageError> {
 }
 
 pub fn find(conn: &mut DbConnection, collection: &str, id: &str) -> Result<Option<RecordRow>, StorageError> {
-    if let DbConnection::Sqlite(sqlite) = conn {
-        return Ok(sqlite_writes::find(sqlite, collection, id)?);
-    }
-    Ok(records::table
-        .find((collection, id))
-        .select(RecordRow::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(statements::find(conn, collection, id)?)
 }
 
 /// Returns a record with the lease on it that is active at `now`, in one
@@ -76,17 +68,7 @@ pub fn find_with_lease(
     id: &str,
     now: chrono::NaiveDateTime,
 ) -> Result<Option<(RecordRow, Option<LeaseRow>)>, StorageError> {
-    let active_lease = leases::collection
-        .eq(records::collection)
-        .and(leases::record_id.eq(records::id))
-        .and(leases::expires_at.gt(now));
-    Ok(records::table
-        .left_join(leases::table.on(active_lease))
-        .filter(records::collection.eq(collection))
-        .filter(records::id.eq(id))
-        .select((RecordRow::as_select(), Option::<LeaseRow>::as_select()))
-        .first(conn)
-        .optional()?)
+    Ok(statements::find_with_lease(conn, collection, id, now)?)
 }
 
 /// Inserts a new record.
@@ -124,7 +106,7 @@ pub struct NewVersion<'a> {
 pub fn write_version(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
     match conn {
         DbConnection::Postgresql(pg) => write_version_postgres(pg, new),
-        DbConnection::Sqlite(sqlite) => write_version_sqlite(sqlite, new),
+        DbConnection::Sqlite(_) => write_version_in_steps(conn, new),
     }
 }
 
@@ -229,21 +211,14 @@ fn write_version_postgres(pg: &mut PgConnection, new: &NewVersion<'_>) -> Result
     Ok(written.contains(&new.row.version))
 }
 
-fn write_version_sqlite(sqlite: &mut SqliteConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
-    if !sqlite_writes::update_version(sqlite, new)? {
+fn write_version_in_steps(conn: &mut DbConnection, new: &NewVersion<'_>) -> Result<bool, StorageError> {
+    if !statements::update_version(conn, new)? {
         return Ok(false);
     }
 
-    sqlite_writes::append_history(sqlite, new.row, new.operation, new.changed_fields)?;
+    append_history(conn, new.row, new.operation, new.changed_fields)?;
     if let Some(keep_from) = new.keep_from {
-        let row = new.row;
-        diesel::delete(
-            revisions::table
-                .filter(revisions::collection.eq(&row.collection))
-                .filter(revisions::record_id.eq(&row.id))
-                .filter(revisions::version.lt(keep_from)),
-        )
-        .execute(sqlite)?;
+        delete_revisions_before(conn, &new.row.collection, &new.row.id, keep_from)?;
     }
     Ok(true)
 }
@@ -251,35 +226,7 @@ fn write_version_sqlite(sqlite: &mut SqliteConnection, new: &NewVersion<'_>) -> 
 /// Appends the revision and the change of a version written in this
 /// transaction.
 pub fn append_history(conn: &mut DbConnection, row: &RecordRow, operation: &str, changed_fields: &str) -> Result<(), StorageError> {
-    if let DbConnection::Sqlite(sqlite) = conn {
-        return Ok(sqlite_writes::append_history(sqlite, row, operation, changed_fields)?);
-    }
-    insert_revision(
-        conn,
-        &RevisionRow {
-            collection: row.collection.clone(),
-            record_id: row.id.clone(),
-            version: row.version,
-            operation: operation.to_owned(),
-            data: row.data.clone(),
-            changed_fields: changed_fields.to_owned(),
-            principal: row.updated_by.clone(),
-            created_at: row.updated_at,
-        },
-    )?;
-    insert_change(
-        conn,
-        &NewChange {
-            collection: row.collection.clone(),
-            record_id: row.id.clone(),
-            version: row.version,
-            operation: operation.to_owned(),
-            principal: row.updated_by.clone(),
-            changed_at: row.updated_at,
-            detail: None,
-        },
-    )?;
-    Ok(())
+    Ok(statements::append_history(conn, row, operation, changed_fields)?)
 }
 
 pub fn insert_revision(conn: &mut DbConnection, row: &RevisionRow) -> Result<(), StorageError> {
