@@ -214,9 +214,13 @@ impl Database {
     pub fn connect(url: &DatabaseUrl, pool_size: u32, connect_timeout: Duration) -> Result<Self, StorageError> {
         let manager = Manager { url: url.clone() };
         let build = |size: u32| {
+            // Testing each connection at checkout cost a `SELECT 1` round
+            // trip before every query. A connection that breaks fails its
+            // next query instead, and the pool drops it on its return.
             Pool::builder()
                 .max_size(size)
                 .min_idle(Some(1))
+                .test_on_check_out(false)
                 .connection_timeout(connect_timeout)
                 .build(manager.clone())
                 .map_err(|error| StorageError::Unavailable(Box::new(error)))
@@ -264,12 +268,13 @@ impl Database {
     }
 
     /// Tells the other instances on this PostgreSQL database that changes
-    /// were committed, outside any write. Does nothing on SQLite.
-    pub async fn announce_commits(&self) -> Result<(), StorageError> {
+    /// were committed, outside any write, with this instance's `sender`
+    /// tag. Does nothing on SQLite.
+    pub async fn announce_commits(&self, sender: Arc<str>) -> Result<(), StorageError> {
         if self.backend() != Backend::Postgres {
             return Ok(());
         }
-        on_pool(&self.reader, super::records::announce_changes).await
+        on_pool(&self.reader, move |conn| super::records::announce_changes(conn, &sender)).await
     }
 
     /// Runs `task` on the blocking pool with a read connection.
@@ -725,6 +730,46 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(size >= before + 200_000, "database file is {size} bytes, was {before}");
+    }
+
+    /// Statements that connections to a database whose path contains
+    /// `checkout-probe` ran to test themselves.
+    static CHECKOUT_PINGS: AtomicU64 = AtomicU64::new(0);
+
+    /// Counts the pings of connections to the probe database only, so that
+    /// tests running beside it count nothing.
+    #[derive(Default)]
+    struct PingCounter {
+        probed: bool,
+    }
+
+    impl diesel::connection::Instrumentation for PingCounter {
+        fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+            use diesel::connection::InstrumentationEvent;
+            match event {
+                InstrumentationEvent::StartEstablishConnection { url, .. } => self.probed = url.contains("checkout-probe"),
+                InstrumentationEvent::StartQuery { query, .. } if self.probed && query.to_string().starts_with("SELECT 1") => {
+                    CHECKOUT_PINGS.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Taking a connection from the pool sends nothing to the database: a
+    /// test query at each checkout would add a round trip to every query.
+    #[tokio::test]
+    async fn pool_checkout_sends_no_test_query() {
+        diesel::connection::set_default_instrumentation(|| Some(Box::new(PingCounter::default()))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::parse(&dir.path().join("checkout-probe.db").display().to_string()).unwrap();
+        let db = Database::connect(&url, 2, Duration::from_secs(5)).unwrap();
+
+        for _ in 0..5 {
+            db.read(|conn| Ok::<_, StorageError>(diesel::sql_query("SELECT 2").execute(conn)?)).await.unwrap();
+        }
+
+        assert_eq!(CHECKOUT_PINGS.load(Ordering::Relaxed), 0);
     }
 
     #[test]
