@@ -38,7 +38,9 @@ pub const CHANGES_CHANNEL: &str = "versa_changes";
 
 /// Tells every instance listening on PostgreSQL that changes were
 /// committed. The notification is only a wake-up: listeners read the change
-/// table for the changes themselves.
+/// table for the changes themselves. Its payload is the sending instance's
+/// `sender` tag, so that an instance can skip its own notifications: its
+/// feed reader is woken by its own commits directly.
 ///
 /// It is sent after the writes commit, in a transaction of its own. A
 /// transaction that notifies takes a cluster-wide lock before it commits
@@ -49,9 +51,10 @@ pub const CHANGES_CHANNEL: &str = "versa_changes";
 /// A notification is delivered at commit whether or not the commit record
 /// has reached the disk, and losing one in a crash costs only a poll, so
 /// the transaction does not wait for the flush and keeps the lock briefly.
-pub fn announce_changes(conn: &mut DbConnection) -> Result<(), StorageError> {
+pub fn announce_changes(conn: &mut DbConnection, sender: &str) -> Result<(), StorageError> {
     if let DbConnection::Postgresql(pg) = conn {
-        pg.batch_execute(&format!("BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANGES_CHANNEL}; COMMIT;"))?;
+        // The tag is a UUID in simple form, so it needs no quoting.
+        pg.batch_execute(&format!("BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANGES_CHANNEL}, '{sender}'; COMMIT;"))?;
     }
     Ok(())
 }

@@ -172,7 +172,7 @@ async fn postgres_commits_are_announced() {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
             if let tokio_postgres::AsyncMessage::Notification(notification) = message {
-                let _ = sender.send(notification.channel().to_owned());
+                let _ = sender.send((notification.channel().to_owned(), notification.payload().to_owned()));
             }
         }
     });
@@ -180,8 +180,12 @@ async fn postgres_commits_are_announced() {
 
     app.create("notes", json!({})).await;
 
-    let channel = tokio::time::timeout(std::time::Duration::from_secs(5), notifications.recv()).await;
-    assert_eq!(channel.expect("no notification within 5 s").as_deref(), Some("versa_changes"));
+    let received = tokio::time::timeout(std::time::Duration::from_secs(5), notifications.recv()).await;
+    let (channel, sender_tag) = received.expect("no notification within 5 s").expect("listener ended");
+    assert_eq!(channel, "versa_changes");
+    // The payload tags the sending instance, which skips its own.
+    assert_eq!(sender_tag.len(), 32, "{sender_tag}");
+    assert!(sender_tag.chars().all(|c| c.is_ascii_hexdigit()), "{sender_tag}");
 }
 
 const PUSH_SETTINGS: &str = "[server]\nheartbeat_seconds = 1\n[database]\nchange_retention_seconds = 1\n";
