@@ -15,6 +15,9 @@ use crate::storage::{Backend, Database};
 /// Changes read per query by the feed reader.
 const READ_BATCH: i64 = 500;
 
+/// Shortest time between two reads of the feed by the reader.
+const MIN_READ_INTERVAL: Duration = Duration::from_millis(2);
+
 /// Reads the change feed once for this instance and broadcasts every change
 /// to the subscribers in memory.
 pub struct Hub {
@@ -54,8 +57,10 @@ impl Hub {
             .map_err(|error| ServiceError::Storage(crate::storage::StorageError::Corrupt(error.to_string())))?,
         });
         if let Some(url) = hub.db.url().postgres_url() {
-            tokio::spawn(listener::listen(url.to_owned(), hub.wake.clone(), hub.listening.clone(), hub.shutdown.subscribe()));
-            tokio::spawn(listener::announce(hub.db.clone(), hub.shutdown.subscribe()));
+            // Tags this instance's notifications, so that it skips its own.
+            let own_tag: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+            tokio::spawn(listener::listen(url.to_owned(), own_tag.clone(), hub.wake.clone(), hub.listening.clone(), hub.shutdown.subscribe()));
+            tokio::spawn(listener::announce(hub.db.clone(), own_tag, hub.shutdown.subscribe()));
         }
         tokio::spawn(hub.clone().run());
         Ok(hub)
@@ -117,9 +122,15 @@ impl Hub {
     async fn run(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
         loop {
+            let started = tokio::time::Instant::now();
             if let Err(error) = self.read_new().await {
                 tracing::warn!(error = %error, "change feed reader failed; retrying");
             }
+            // Under a steady stream of commits, reading after each one would
+            // cost a query per write. After a short pause, one read takes
+            // every commit of the pause. A commit after a quiet spell is
+            // still read at once.
+            tokio::time::sleep_until(started + MIN_READ_INTERVAL).await;
             let poll = match self.db.backend() {
                 Backend::Postgres if !self.listening.load(Ordering::Relaxed) => Duration::from_millis(100),
                 _ => Duration::from_secs(1),
