@@ -152,8 +152,13 @@ impl ManageConnection for Manager {
         conn.ping().map_err(diesel::r2d2::Error::QueryError)
     }
 
+    /// Asked as a connection goes back to the pool. Since the pool does not
+    /// test connections at checkout, a PostgreSQL connection that the
+    /// server closed (a restart, a terminated backend) must be found here,
+    /// or it would fail every query it is given. libpq knows without a
+    /// round trip: a lost connection has no server version.
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        conn.is_broken()
+        conn.is_broken() || matches!(conn, DbConnection::Postgresql(pg) if pg.version().is_err())
     }
 }
 

@@ -83,3 +83,38 @@ fn openapi_documents_every_route() {
 
     assert!(missing.is_empty(), "routes missing from openapi.yaml: {missing:?}");
 }
+
+/// PostgreSQL may close the server's connections (a restart, a failover,
+/// an administrator ending sessions). The pool does not test connections
+/// before handing them out, so each closed one may fail one request with
+/// 503; it must then leave the pool, and later requests succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_postgres_connections_leave_the_pool() {
+    use diesel::{Connection, RunQueryDsl};
+
+    let app = TestApp::spawn(crate::helpers::Backend::Postgres).await;
+    let created = app.create("notes", json!({"title": "kept"})).await;
+    let path = format!("/v1/notes/{}", created["id"].as_str().unwrap());
+    // Several requests at once open every connection of the pool.
+    let warm: Vec<_> = (0..8).map(|_| app.get(&path)).collect();
+    for response in futures_util::future::join_all(warm).await {
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    let url = app.database_url();
+    tokio::task::spawn_blocking(move || {
+        let mut admin = diesel::pg::PgConnection::establish(&url).unwrap();
+        diesel::sql_query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            .execute(&mut admin)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(app.get(&path).await.status());
+    }
+    assert!(statuses.iter().all(|status| [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE].contains(status)), "{statuses:?}");
+    assert!(statuses[6..].iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+}
