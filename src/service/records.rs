@@ -64,6 +64,7 @@ pub struct RecordRead {
 /// when its current version is a tombstone.
 pub async fn read_for_get(db: &Database, collection: &CollectionName, id: RecordId, with_lease: bool) -> Result<RecordRead, ServiceError> {
     let collection = collection.to_string();
+    let recent = db.recent().clone();
     db.read(move |conn| {
         let key = id.to_key();
         let (row, lease) = if with_lease {
@@ -74,6 +75,8 @@ pub async fn read_for_get(db: &Database, collection: &CollectionName, id: Record
         if row.deleted {
             return Err(ServiceError::Deleted { version: row.version, deleted_at: row.updated_at.and_utc(), deleted_by: row.updated_by });
         }
+        // A client that read this version is likely to write based on it.
+        recent.remember(&row);
         Ok(RecordRead { version: row.version, wire: row.wire_text()?, lease: lease.as_ref().map(super::leases::Lease::from_row) })
     })
     .await
@@ -289,6 +292,9 @@ pub struct Written {
     /// `true` when a stale write was merged into the current version
     /// (collections with `merge = "fields"`).
     pub merged: bool,
+    /// The row as written, kept once committed so that the next write
+    /// based on it need not read it.
+    pub(crate) row: RecordRow,
 }
 
 /// Applies `change` to an existing record if `expected` matches its current
@@ -318,8 +324,32 @@ pub async fn write(
     }
 
     let write = Arc::new(RecordWrite { collection: collection.to_string(), id, expected, change, context: context.clone() });
+    let written = write_committed(db, write).await?;
+    db.recent().remember(&written.row);
+    Ok(written)
+}
+
+/// Runs a write to an existing record until it commits or fails.
+///
+/// A write based on a version this instance committed or read starts from
+/// that row instead of reading the record. Its conditional update still
+/// decides whether the version is current. A live record only: a write to
+/// a tombstone is a conflict, and the conflict report needs the current
+/// row.
+async fn write_committed(db: &Database, write: Arc<RecordWrite>) -> Result<Written, ServiceError> {
+    let base = match write.expected {
+        ExpectedVersion::Exactly(version) => db.recent().recall(&write.collection, &write.id.to_key(), version).filter(|row| !row.deleted),
+        _ => None,
+    };
     if db.backend() == Backend::Sqlite {
-        return db.write(move |conn| write_in_transaction(conn, &write)).await;
+        return db
+            .write(move |conn| {
+                if let Some(written) = base.and_then(|base| attempt_from(conn, &write, &base).transpose()).transpose()? {
+                    return Ok(written);
+                }
+                write_in_transaction(conn, &write)
+            })
+            .await;
     }
 
     // On PostgreSQL each attempt is a read and a one-statement conditional
@@ -329,9 +359,15 @@ pub async fn write(
     // a race to another writer starts again from the newer version, where
     // the version check (and a merge, where the collection allows one)
     // decides afresh.
+    if let Some(base) = base {
+        let write = write.clone();
+        if let Some(written) = db.write_autocommit(move |conn| attempt_from(conn, &write, &base)).await? {
+            return Ok(written);
+        }
+    }
     for _ in 0..OPTIMISTIC_ATTEMPTS {
         let write = write.clone();
-        if let Some(written) = db.write_autocommit(move |conn| attempt_write(conn, &write)).await? {
+        if let Some(written) = db.write_autocommit(move |conn| attempt_write(conn, &write, None)).await? {
             return Ok(written);
         }
     }
@@ -339,6 +375,19 @@ pub async fn write(
     // A record this contended is written in a transaction that holds the
     // record lock from before its read, which no other write can pass.
     db.write(move |conn| write_in_transaction(conn, &write)).await
+}
+
+/// Attempts a write from a remembered row. Returns `None` when that row is
+/// no longer current, and also when the write fails on it. A failure
+/// computed from a stale row (a schema violation, a failed JSON Patch
+/// test) might not be the write's fate; the current version decides that.
+/// A storage error ends the write, since it may have ended the transaction.
+fn attempt_from(conn: &mut DbConnection, write: &RecordWrite, base: &RecordRow) -> Result<Option<Written>, ServiceError> {
+    match attempt_write(conn, write, Some(base)) {
+        Err(error @ ServiceError::Storage(_)) => Err(error),
+        Err(_) => Ok(None),
+        Ok(written) => Ok(written),
+    }
 }
 
 /// How often a PostgreSQL write tries without holding the record lock
@@ -368,7 +417,7 @@ pub(crate) fn require_expected(expected: Option<ExpectedVersion>, context: &Writ
 /// the feed in order for a transaction that writes several records.
 pub(crate) fn write_in_transaction(conn: &mut DbConnection, write: &RecordWrite) -> Result<Written, ServiceError> {
     records::lock_record(conn, &write.collection, &write.id.to_key())?;
-    match attempt_write(conn, write)? {
+    match attempt_write(conn, write, None)? {
         Some(written) => Ok(written),
         // Neither back end gets here: SQLite has one writer, and on
         // PostgreSQL every write takes the record lock held here. Should it
@@ -384,11 +433,12 @@ fn latest_conflict(conn: &mut DbConnection, write: &RecordWrite) -> Result<Servi
     Ok(ServiceError::Conflict(Box::new(conflict::build(conn, &latest, &write.expected, &write.change, &write.context.policy)?)))
 }
 
-/// Reads the record, decides the write's fate from its expected version,
-/// and writes the new version only if the record still has the version
-/// read. Returns `None`, having written nothing, when another writer
-/// committed between the read and the write.
-fn attempt_write(conn: &mut DbConnection, write: &RecordWrite) -> Result<Option<Written>, ServiceError> {
+/// Reads the record, or takes `base` as it, decides the write's fate from
+/// its expected version, and writes the new version only if the record
+/// still has the version read. Returns `None`, having written nothing, when
+/// another writer committed between the read and the write, or after
+/// `base`.
+fn attempt_write(conn: &mut DbConnection, write: &RecordWrite, base: Option<&RecordRow>) -> Result<Option<Written>, ServiceError> {
     let RecordWrite { collection, id, expected, change, context } = write;
     let key = id.to_key();
     if context.policy.leases == LeaseMode::Required {
@@ -397,7 +447,10 @@ fn attempt_write(conn: &mut DbConnection, write: &RecordWrite) -> Result<Option<
 
     // A restore may write over a tombstone; every other write to a deleted
     // record is a conflict.
-    let current = records::find(conn, collection, &key)?.ok_or(ServiceError::NotFound)?;
+    let current = match base {
+        Some(base) => base.clone(),
+        None => records::find(conn, collection, &key)?.ok_or(ServiceError::NotFound)?,
+    };
     let applies = expected.matches(current.version) && (!current.deleted || matches!(change, Change::Restore(_)));
 
     let old_fields = current.fields()?;
@@ -437,7 +490,7 @@ fn attempt_write(conn: &mut DbConnection, write: &RecordWrite) -> Result<Option<
     if !records::write_version(conn, &new_version)? {
         return Ok(None);
     }
-    Ok(Some(Written { record: RecordSnapshot { meta: row.meta()?, fields: new_fields }, merged }))
+    Ok(Some(Written { record: RecordSnapshot { meta: row.meta()?, fields: new_fields }, merged, row }))
 }
 
 /// Computes the fields a write leaves, for a write whose version matched.
@@ -464,4 +517,42 @@ fn encode_changed_fields(paths: &[String]) -> Result<String, ServiceError> {
 
 pub(crate) fn snapshot(row: &RecordRow) -> Result<RecordSnapshot, ServiceError> {
     Ok(RecordSnapshot { meta: row.meta()?, fields: row.fields()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::storage::{DatabaseUrl, migrations, probe};
+
+    /// A write based on the version this instance just read or wrote starts
+    /// from the row it kept, so it costs the update and the history rows
+    /// only: no read of the record first.
+    #[tokio::test]
+    async fn write_from_kept_version_skips_record_read() {
+        probe::install();
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::parse(&dir.path().join("probe-recall.db").display().to_string()).unwrap();
+        let db = Database::connect(&url, 2, Duration::from_secs(5)).unwrap();
+        db.write(|conn| migrations::run_pending(conn).map_err(ServiceError::from)).await.unwrap();
+
+        let notes = CollectionName::parse("notes").unwrap();
+        let context = WriteContext { principal: "ana".to_owned(), policy: Arc::default(), lease_token: None };
+        let created = insert_new(&db, &notes, RecordId::generate(), Fields::new(), &context).await.unwrap();
+        let id = RecordId::parse(&created.meta.id.to_string()).unwrap();
+        let record_reads = || probe::statements("recall").iter().filter(|statement| statement.starts_with("SELECT records.collection")).count();
+
+        read_for_get(&db, &notes, id, true).await.unwrap();
+        let before = record_reads();
+        let first = Change::MergePatch(json!({"n": 1}).as_object().unwrap().clone());
+        let written = write(&db, &notes, id, Some(ExpectedVersion::Exactly(1)), first, &context).await.unwrap();
+        let second = Change::MergePatch(json!({"n": 2}).as_object().unwrap().clone());
+        let rewritten = write(&db, &notes, id, Some(ExpectedVersion::Exactly(written.record.meta.version)), second, &context).await.unwrap();
+
+        assert_eq!(rewritten.record.meta.version, 3);
+        assert_eq!(record_reads(), before);
+    }
 }

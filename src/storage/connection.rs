@@ -14,6 +14,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, ConnectionError};
 
 use super::StorageError;
+use super::recent::RecentVersions;
 
 /// One connection to either back end. Queries written against this type
 /// run on both.
@@ -200,6 +201,7 @@ pub struct Database {
     /// Signalled with `committed` on PostgreSQL, so that the commit is
     /// announced to other instances (see [`Database::announce_commits`]).
     to_announce: Arc<Notify>,
+    recent: Arc<RecentVersions>,
 }
 
 #[derive(Clone)]
@@ -235,7 +237,14 @@ impl Database {
         match url.backend {
             Backend::Postgres => {
                 let pool = build(pool_size.max(1))?;
-                Ok(Self { url: url.clone(), reader: pool.clone(), writer: Writer::Pool(pool), committed, to_announce: Arc::default() })
+                Ok(Self {
+                    url: url.clone(),
+                    reader: pool.clone(),
+                    writer: Writer::Pool(pool),
+                    committed,
+                    to_announce: Arc::default(),
+                    recent: Arc::default(),
+                })
             }
             Backend::Sqlite => {
                 let mut conn = manager.connect().map_err(|error| StorageError::Unavailable(Box::new(error)))?;
@@ -243,7 +252,7 @@ impl Database {
                 leave_checkpoints(&mut conn)?;
                 let writer = GroupCommit::start(conn, manager.clone(), committed.clone())?;
                 let reader = build(pool_size.max(1))?;
-                Ok(Self { url: url.clone(), reader, writer: Writer::Group(writer), committed, to_announce: Arc::default() })
+                Ok(Self { url: url.clone(), reader, writer: Writer::Group(writer), committed, to_announce: Arc::default(), recent: Arc::default() })
             }
         }
     }
@@ -254,6 +263,11 @@ impl Database {
 
     pub fn url(&self) -> &DatabaseUrl {
         &self.url
+    }
+
+    /// Records as of versions this instance committed or read.
+    pub fn recent(&self) -> &Arc<RecentVersions> {
+        &self.recent
     }
 
     /// Returns the signal raised after each committed write transaction.
@@ -737,44 +751,22 @@ mod tests {
         assert!(size >= before + 200_000, "database file is {size} bytes, was {before}");
     }
 
-    /// Statements that connections to a database whose path contains
-    /// `checkout-probe` ran to test themselves.
-    static CHECKOUT_PINGS: AtomicU64 = AtomicU64::new(0);
-
-    /// Counts the pings of connections to the probe database only, so that
-    /// tests running beside it count nothing.
-    #[derive(Default)]
-    struct PingCounter {
-        probed: bool,
-    }
-
-    impl diesel::connection::Instrumentation for PingCounter {
-        fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
-            use diesel::connection::InstrumentationEvent;
-            match event {
-                InstrumentationEvent::StartEstablishConnection { url, .. } => self.probed = url.contains("checkout-probe"),
-                InstrumentationEvent::StartQuery { query, .. } if self.probed && query.to_string().starts_with("SELECT 1") => {
-                    CHECKOUT_PINGS.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {}
-            }
-        }
-    }
-
     /// Taking a connection from the pool sends nothing to the database: a
     /// test query at each checkout would add a round trip to every query.
     #[tokio::test]
     async fn pool_checkout_sends_no_test_query() {
-        diesel::connection::set_default_instrumentation(|| Some(Box::new(PingCounter::default()))).unwrap();
+        crate::storage::probe::install();
         let dir = tempfile::tempdir().unwrap();
-        let url = DatabaseUrl::parse(&dir.path().join("checkout-probe.db").display().to_string()).unwrap();
+        let url = DatabaseUrl::parse(&dir.path().join("probe-checkout.db").display().to_string()).unwrap();
         let db = Database::connect(&url, 2, Duration::from_secs(5)).unwrap();
 
         for _ in 0..5 {
             db.read(|conn| Ok::<_, StorageError>(diesel::sql_query("SELECT 2").execute(conn)?)).await.unwrap();
         }
 
-        assert_eq!(CHECKOUT_PINGS.load(Ordering::Relaxed), 0);
+        let statements = crate::storage::probe::statements("checkout");
+        assert_eq!(statements.iter().filter(|statement| statement.starts_with("SELECT 2")).count(), 5, "{statements:?}");
+        assert!(!statements.iter().any(|statement| statement.starts_with("SELECT 1")), "{statements:?}");
     }
 
     #[test]

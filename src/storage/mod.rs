@@ -12,6 +12,9 @@ pub mod idempotency;
 pub mod leases;
 pub mod migrations;
 pub mod models;
+#[cfg(test)]
+pub(crate) mod probe;
+pub mod recent;
 pub mod records;
 pub mod schema;
 mod statements;

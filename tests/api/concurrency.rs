@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{TestApp, send_together};
+use crate::helpers::{TestApp, expect_problem, header, send_together};
 
 both_backends!(concurrent_increments_lose_nothing, same_version_writes_commit_once);
 
@@ -77,4 +77,45 @@ async fn same_version_writes_commit_once(app: TestApp) {
     assert_eq!(history["items"].as_array().unwrap().len(), 2);
     assert_eq!(app.all_changes().await.len(), 2);
     assert_eq!(app.read("notes", &id).await["version"], 2);
+}
+
+const LIMITED_NOTES: &str = "[collections.notes]\nschema = { type = \"object\", properties = { n = { type = \"integer\", maximum = 10 } } }\n";
+
+both_backends!(config = LIMITED_NOTES; remembered_versions_do_not_decide_stale_writes);
+
+/// An instance keeps the versions it wrote or read, and a write based on
+/// one starts from it instead of reading the record. When another instance
+/// has moved the record on, the write must meet the current version as if
+/// nothing were kept: a 409 with the current record, whatever the kept
+/// version would have made of it.
+async fn remembered_versions_do_not_decide_stale_writes(app: TestApp) {
+    let other = app.restart_with_config(LIMITED_NOTES).await;
+    let created = app.create("notes", json!({"n": 1})).await;
+    let path = format!("/v1/notes/{}", created["id"].as_str().unwrap());
+    assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+
+    let moved = other.send(Method::PATCH, &path, "application/merge-patch+json", &json!({"n": 2}), &[("if-match", "\"1\"")]).await;
+    assert_eq!(moved.status(), StatusCode::OK);
+
+    let stale_writes = [
+        ("application/merge-patch+json", json!({"n": 3})),
+        // Passes its test against version 1 only.
+        ("application/json-patch+json", json!([{"op": "test", "path": "/n", "value": 1}, {"op": "replace", "path": "/n", "value": 4}])),
+        // Invalid whatever the base; a stale write is still a conflict first.
+        ("application/merge-patch+json", json!({"n": 11})),
+    ];
+    for (content_type, body) in stale_writes {
+        let response = app.send(Method::PATCH, &path, content_type, &body, &[("if-match", "\"1\"")]).await;
+        assert_eq!(header(&response, "etag"), "\"2\"", "{body}");
+        let problem = expect_problem(response, StatusCode::CONFLICT, "version-conflict").await;
+        assert_eq!(problem["current_version"], 2, "{body}");
+        assert_eq!(problem["current"]["n"], 2, "{body}");
+    }
+
+    // Based on the current version, the same instance writes at once.
+    let response = app.send(Method::PATCH, &path, "application/merge-patch+json", &json!({"n": 5}), &[("if-match", "\"2\"")]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let record: Value = response.json().await.unwrap();
+    assert_eq!((record["version"].clone(), record["n"].clone()), (json!(3), json!(5)));
+    assert_eq!(other.read("notes", created["id"].as_str().unwrap()).await["n"], 5);
 }
