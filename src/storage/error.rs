@@ -34,7 +34,11 @@ impl From<DieselError> for StorageError {
     fn from(error: DieselError) -> Self {
         match error {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => Self::UniqueViolation,
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => Self::Unavailable(Box::new(error)),
+            // A connection that the server closed fails with one or the
+            // other, depending on where the query was when it noticed.
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _) => {
+                Self::Unavailable(Box::new(error))
+            }
             other => Self::Query(other),
         }
     }

@@ -54,7 +54,13 @@ pub const CHANGES_CHANNEL: &str = "versa_changes";
 pub fn announce_changes(conn: &mut DbConnection, sender: &str) -> Result<(), StorageError> {
     if let DbConnection::Postgresql(pg) = conn {
         // The tag is a UUID in simple form, so it needs no quoting.
-        pg.batch_execute(&format!("BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANGES_CHANNEL}, '{sender}'; COMMIT;"))?;
+        let sent = pg.batch_execute(&format!("BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {CHANGES_CHANNEL}, '{sender}'; COMMIT;"));
+        if sent.is_err() {
+            // A failure inside the batch leaves its transaction open and
+            // aborted, which the pool would not notice.
+            let _ = pg.batch_execute("ROLLBACK;");
+        }
+        sent?;
     }
     Ok(())
 }
