@@ -60,7 +60,7 @@ impl Hub {
             // Tags this instance's notifications, so that it skips its own.
             let own_tag: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
             tokio::spawn(listener::listen(url.to_owned(), own_tag.clone(), hub.wake.clone(), hub.listening.clone(), hub.shutdown.subscribe()));
-            tokio::spawn(listener::announce(hub.db.clone(), own_tag, hub.shutdown.subscribe()));
+            tokio::spawn(listener::announce(hub.db.clone(), own_tag, hub.wake.clone(), hub.shutdown.subscribe()));
         }
         tokio::spawn(hub.clone().run());
         Ok(hub)

@@ -58,7 +58,7 @@ pub async fn listen(url: String, own_tag: Arc<str>, wake: Arc<Notify>, connected
 /// shutdown. Commits that happen while a notification is being sent are
 /// announced by the next one, so a busy instance sends about one per round
 /// trip, not one per write.
-pub async fn announce(db: Database, own_tag: Arc<str>, mut shutdown: watch::Receiver<bool>) {
+pub async fn announce(db: Database, own_tag: Arc<str>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     let committed = db.announce_signal();
     let mut failures = 0u32;
     loop {
@@ -67,7 +67,15 @@ pub async fn announce(db: Database, own_tag: Arc<str>, mut shutdown: watch::Rece
             _ = shutdown.changed() => return,
         }
         let started = tokio::time::Instant::now();
-        if let Err(error) = db.announce_commits(own_tag.clone()).await {
+        let announced = db.announce_commits(own_tag.clone()).await;
+        // The listener skips this instance's own notification, but its
+        // arrival also meant that every transaction that notified before
+        // it had ended, which may make held-back changes readable. Waking
+        // the reader now stands in for it.
+        if announced.is_ok() {
+            wake.notify_one();
+        }
+        if let Err(error) = announced {
             // Other instances still find the changes by polling.
             failures += 1;
             if failures % 60 == 1 {
