@@ -344,7 +344,9 @@ async fn write_committed(db: &Database, write: Arc<RecordWrite>) -> Result<Writt
     if db.backend() == Backend::Sqlite {
         return db
             .write(move |conn| {
-                if let Some(written) = base.and_then(|base| attempt_from(conn, &write, &base).transpose()).transpose()? {
+                if let Some(base) = base
+                    && let Some(written) = attempt_from(conn, &write, base)?
+                {
                     return Ok(written);
                 }
                 write_in_transaction(conn, &write)
@@ -361,7 +363,7 @@ async fn write_committed(db: &Database, write: Arc<RecordWrite>) -> Result<Writt
     // decides afresh.
     if let Some(base) = base {
         let write = write.clone();
-        if let Some(written) = db.write_autocommit(move |conn| attempt_from(conn, &write, &base)).await? {
+        if let Some(written) = db.write_autocommit(move |conn| attempt_from(conn, &write, base)).await? {
             return Ok(written);
         }
     }
@@ -377,12 +379,12 @@ async fn write_committed(db: &Database, write: Arc<RecordWrite>) -> Result<Writt
     db.write(move |conn| write_in_transaction(conn, &write)).await
 }
 
-/// Attempts a write from a remembered row. Returns `None` when that row is
-/// no longer current, and also when the write fails on it. A failure
+/// Attempts a write from a kept row. Returns `None` when that row is no
+/// longer current, and also when the write fails on it, because a failure
 /// computed from a stale row (a schema violation, a failed JSON Patch
-/// test) might not be the write's fate; the current version decides that.
+/// test) might not be the write's fate. The current version decides that.
 /// A storage error ends the write, since it may have ended the transaction.
-fn attempt_from(conn: &mut DbConnection, write: &RecordWrite, base: &RecordRow) -> Result<Option<Written>, ServiceError> {
+fn attempt_from(conn: &mut DbConnection, write: &RecordWrite, base: RecordRow) -> Result<Option<Written>, ServiceError> {
     match attempt_write(conn, write, Some(base)) {
         Err(error @ ServiceError::Storage(_)) => Err(error),
         Err(_) => Ok(None),
@@ -438,7 +440,7 @@ fn latest_conflict(conn: &mut DbConnection, write: &RecordWrite) -> Result<Servi
 /// still has the version read. Returns `None`, having written nothing, when
 /// another writer committed between the read and the write, or after
 /// `base`.
-fn attempt_write(conn: &mut DbConnection, write: &RecordWrite, base: Option<&RecordRow>) -> Result<Option<Written>, ServiceError> {
+fn attempt_write(conn: &mut DbConnection, write: &RecordWrite, base: Option<RecordRow>) -> Result<Option<Written>, ServiceError> {
     let RecordWrite { collection, id, expected, change, context } = write;
     let key = id.to_key();
     if context.policy.leases == LeaseMode::Required {
@@ -448,7 +450,7 @@ fn attempt_write(conn: &mut DbConnection, write: &RecordWrite, base: Option<&Rec
     // A restore may write over a tombstone; every other write to a deleted
     // record is a conflict.
     let current = match base {
-        Some(base) => base.clone(),
+        Some(base) => base,
         None => records::find(conn, collection, &key)?.ok_or(ServiceError::NotFound)?,
     };
     let applies = expected.matches(current.version) && (!current.deleted || matches!(change, Change::Restore(_)));

@@ -157,20 +157,16 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use diesel::connection::{Instrumentation, InstrumentationEvent};
-    use diesel::r2d2::ManageConnection;
 
     use super::*;
-    use crate::storage::connection::Manager;
-    use crate::storage::{DatabaseUrl, migrations};
+    use crate::storage::migrations;
 
     /// The feed is read on every commit, so a cursor read that scans the
     /// feed from its start grows slower with every change kept.
     #[test]
     fn cursor_read_is_index_range() {
         let dir = tempfile::tempdir().unwrap();
-        let url = DatabaseUrl::parse(&dir.path().join("feed.db").display().to_string()).unwrap();
-        let mut conn = Manager::new(url).connect().unwrap();
-        migrations::run_pending(&mut conn).unwrap();
+        let mut conn = migrations::migrated_sqlite(dir.path(), "feed.db");
 
         let unfiltered = FeedFilter::default();
         let two_collections = FeedFilter { collections: vec!["notes".to_owned(), "tasks".to_owned()], ids: Vec::new() };

@@ -34,3 +34,15 @@ pub fn revert_all(conn: &mut DbConnection) -> Result<usize, StorageError> {
     };
     reverted.map_err(StorageError::Migration)
 }
+
+/// Opens a SQLite database named `file` in `dir` with every migration run,
+/// for tests.
+#[cfg(test)]
+pub(crate) fn migrated_sqlite(dir: &std::path::Path, file: &str) -> DbConnection {
+    use diesel::r2d2::ManageConnection;
+
+    let url = super::DatabaseUrl::parse(&dir.join(file).display().to_string()).expect("SQLite path");
+    let mut conn = super::connection::Manager::new(url).connect().expect("open SQLite");
+    run_pending(&mut conn).expect("run migrations");
+    conn
+}

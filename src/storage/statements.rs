@@ -246,12 +246,10 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use diesel::connection::InstrumentationEvent;
-    use diesel::r2d2::ManageConnection;
 
     use super::*;
-    use crate::storage::connection::Manager;
     use crate::storage::records;
-    use crate::storage::{DatabaseUrl, DbConnection, migrations};
+    use crate::storage::{DbConnection, migrations};
 
     /// Counts, from the moment it is installed, the statements a
     /// connection runs and the ones it prepares to keep.
@@ -282,9 +280,7 @@ mod tests {
     #[test]
     fn record_statements_stay_prepared() {
         let dir = tempfile::tempdir().unwrap();
-        let url = DatabaseUrl::parse(&dir.path().join("writes.db").display().to_string()).unwrap();
-        let mut conn = Manager::new(url).connect().unwrap();
-        migrations::run_pending(&mut conn).unwrap();
+        let mut conn = migrations::migrated_sqlite(dir.path(), "writes.db");
 
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap().naive_utc();
         let mut row = RecordRow {
