@@ -68,10 +68,10 @@ pub async fn announce(db: Database, own_tag: Arc<str>, wake: Arc<Notify>, mut sh
         }
         let started = tokio::time::Instant::now();
         let announced = db.announce_commits(own_tag.clone()).await;
-        // The listener skips this instance's own notification, but its
-        // arrival also meant that every transaction that notified before
-        // it had ended, which may make held-back changes readable. Waking
-        // the reader now stands in for it.
+        // The listener skips this instance's own notification. Its arrival
+        // also meant that every transaction that notified before it had
+        // ended, which may make held-back changes readable, so the reader
+        // is woken here instead.
         if announced.is_ok() {
             wake.notify_one();
         }

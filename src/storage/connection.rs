@@ -156,8 +156,8 @@ impl ManageConnection for Manager {
     /// Asked as a connection goes back to the pool. Since the pool does not
     /// test connections at checkout, a PostgreSQL connection that the
     /// server closed (a restart, a terminated backend) must be found here,
-    /// or it would fail every query it is given. libpq knows without a
-    /// round trip: a lost connection has no server version.
+    /// or it would fail every query it is given. `PgConnection::version`
+    /// fails without a round trip once the connection is lost.
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
         conn.is_broken() || matches!(conn, DbConnection::Postgresql(pg) if pg.version().is_err())
     }
@@ -264,7 +264,8 @@ impl Database {
         &self.url
     }
 
-    /// Records as of versions this instance committed or read.
+    /// Returns the records kept as of versions this instance committed or
+    /// read.
     pub fn recent(&self) -> &Arc<RecentVersions> {
         &self.recent
     }
@@ -542,7 +543,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 fn run_checkpoints(mut conn: DbConnection, nudged: &std::sync::mpsc::Receiver<()>) {
     while nudged.recv().is_ok() {
         if let Err(error) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
-            tracing::warn!(%error, "SQLite checkpoint failed; the next commit tries again");
+            tracing::warn!(%error, "SQLite WAL checkpoint failed, retrying after the next commit");
         }
         std::thread::sleep(CHECKPOINT_INTERVAL);
     }
@@ -719,9 +720,6 @@ mod tests {
         assert_eq!(next.unwrap(), 1);
     }
 
-    /// Commits leave their checkpoint to the checkpoint thread: the rows
-    /// reach the database file itself, though the WAL stays far below the
-    /// 1,000 pages at which the writer would have checkpointed on its own.
     /// Under a steady stream of commits the WAL still starts over, so its
     /// file stays near the 1,000-page checkpoint threshold instead of
     /// growing with every write.
@@ -737,12 +735,15 @@ mod tests {
             largest = largest.max(std::fs::metadata(&wal).map(|meta| meta.len()).unwrap_or(0));
         }
 
-        // 3,000 rows of 4 KB are 12 MB of pages; 1,000 pages are 4 MB.
+        // 3,000 rows of 4 KB are 12 MB of pages, and 1,000 pages are 4 MB.
         assert!(largest < 8_000_000, "the WAL reached {largest} bytes");
     }
 
+    /// The checkpoint thread copies commits into the database file, though
+    /// the WAL stays far below the 1,000 pages at which the writer would
+    /// checkpoint on its own.
     #[tokio::test]
-    async fn checkpoint_thread_copies_commits_into_the_database_file() {
+    async fn checkpoint_thread_fills_database_file() {
         let (dir, db) = sqlite_database("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)");
         let file = dir.path().join("test.db");
         let before = std::fs::metadata(&file).unwrap().len();
@@ -752,7 +753,7 @@ mod tests {
             db.write(move |conn| Ok::<_, StorageError>(diesel::sql_query(insert).execute(conn)?)).await.unwrap();
         }
 
-        // 50 rows of 4 KB are 200 KB; the file grows once they are copied.
+        // 50 rows of 4 KB are 200 KB. The file grows once they are copied.
         let mut size = before;
         for _ in 0..100 {
             size = std::fs::metadata(&file).unwrap().len();

@@ -14,9 +14,9 @@ use std::sync::Mutex;
 
 use super::models::RecordRow;
 
-/// Records kept; past it, an arbitrary one leaves for each new one. A
-/// record's row holds its JSON text, so this bounds the memory to that
-/// many records' worth.
+/// Number of records kept. Past it, each new record evicts an arbitrary
+/// one. A row contains the record's JSON text, so this bounds the memory
+/// to that many records.
 const CAPACITY: usize = 16_384;
 
 #[derive(Default)]

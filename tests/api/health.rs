@@ -87,7 +87,7 @@ fn openapi_documents_every_route() {
 /// PostgreSQL may close the server's connections (a restart, a failover,
 /// an administrator ending sessions). The pool does not test connections
 /// before handing them out, so each closed one may fail one request with
-/// 503; it must then leave the pool, and later requests succeed.
+/// 503. It must then leave the pool, and later requests succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_postgres_connections_leave_the_pool() {
     use diesel::{Connection, RunQueryDsl};
